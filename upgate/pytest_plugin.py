@@ -1,0 +1,1 @@
+"""The gate fixtures (placeholder until the plugin lands)."""

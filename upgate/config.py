@@ -208,7 +208,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
             for key in keys:
                 value = sect.get(key)
                 if isinstance(value, str) and value:
-                    sect[key] = str((base / Path(value).expanduser()))
+                    sect[key] = str(base / Path(value).expanduser())
 
     try:
         return Config.model_validate({**data, "source": file.resolve()})

@@ -1,1 +1,328 @@
-"""The gate fixtures (placeholder until the plugin lands)."""
+"""The gate fixtures and options: config, run folder, phase, evidence, baseline. No check logic here.
+
+    $ pytest gates/pre --upgate-config upgate.toml                  # a new run folder under reports/runs/
+    $ pytest gates/post --upgate-config upgate.toml                 # the latest run folder's baseline
+    $ pytest gates/post --upgate-run-dir reports/runs/<id> --upgate-phase rollback
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from checks.result import CheckResult
+from checks.secrets import redact
+from upgate.config import AppConfig, Config, find_config_path, load_config
+from upgate.errors import ConfigError
+from upgate.runs import RunDir
+
+if TYPE_CHECKING:
+    from checks.schema import DryRun
+
+    from checks.migrations import Migration
+
+PHASES = ("pre", "post", "rollback")
+
+_results_key = pytest.StashKey[list[dict[str, Any]]]()
+_evidence_key = pytest.StashKey[dict[str, list[str]]]()
+_run_key = pytest.StashKey[RunDir]()
+_phase_key = pytest.StashKey[str]()
+_started_key = pytest.StashKey[float]()
+_config_key = pytest.StashKey[Config]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("upgate", "upgate gates")
+    group.addoption("--upgate-config", default=None, help="upgate.toml to gate against (else UPGATE_CONFIG, ./upgate.toml)")
+    group.addoption("--upgate-run-dir", default=None,
+                    help="run folder for baseline and evidence (pre: a new one; post: the latest one)")
+    group.addoption("--upgate-reports", default="reports", help="reports folder holding runs/ (default: reports)")
+    group.addoption("--upgate-phase", default=None, choices=PHASES,
+                    help="pre, post or rollback (post gates verifying a rollback against the baseline)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_results_key] = []
+    config.stash[_evidence_key] = {}
+    config.addinivalue_line("markers", "upgate_component(name): the component a gate checks (for the report)")
+    gating = config.getoption("upgate_config") is not None or any(
+        _phase_of(Path(str(a).split("::")[0]).resolve()) for a in config.args)
+    if gating:
+        # Validate now, so a bad file is one clean "ERROR:" line instead of an error per gate.
+        path = find_config_path(config.getoption("upgate_config"))
+        try:
+            config.stash[_config_key] = load_config(path)
+        except ConfigError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        config.stash[_phase_key] = _phase_from_args(config)
+        config.stash[_run_key] = _resolve_run_dir(config, config.stash[_phase_key])
+
+
+def _phase_of(item_path: Path) -> str | None:
+    parts = item_path.parts
+    if "gates" in parts:
+        idx = len(parts) - 1 - parts[::-1].index("gates")
+        if idx + 1 < len(parts) and parts[idx + 1] in ("pre", "post"):
+            return parts[idx + 1]
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    explicit = config.getoption("upgate_phase")
+    for item in items:
+        folder_phase = _phase_of(Path(str(item.path)))
+        if folder_phase is None:
+            continue
+        phase = explicit or folder_phase
+        family = Path(str(item.path)).stem.removeprefix("test_")
+        item.add_marker(pytest.mark.allure_label(phase, label_type="epic"))
+        item.add_marker(pytest.mark.allure_label(family, label_type="feature"))
+        component = item.get_closest_marker("upgate_component")
+        if component and component.args:
+            item.add_marker(pytest.mark.allure_label(component.args[0], label_type="story"))
+
+
+# --- session fixtures ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def config(pytestconfig: pytest.Config) -> Config:
+    """The validated upgate.toml; a bad file stops the session with one clean error line."""
+    if _config_key in pytestconfig.stash:
+        return pytestconfig.stash[_config_key]
+    path = find_config_path(pytestconfig.getoption("upgate_config"))
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def _phase_from_args(config: pytest.Config) -> str:
+    explicit = config.getoption("upgate_phase", None)
+    if explicit:
+        return str(explicit)
+    for arg in config.args:
+        found = _phase_of(Path(arg.split("::")[0]).resolve())
+        if found:
+            return found
+    return "pre"
+
+
+@pytest.fixture(scope="session")
+def phase(pytestconfig: pytest.Config) -> str:
+    """pre, post, or rollback (the post gates proving a rollback against the baseline)."""
+    if _phase_key not in pytestconfig.stash:
+        pytestconfig.stash[_phase_key] = _phase_from_args(pytestconfig)
+    return pytestconfig.stash[_phase_key]
+
+
+@pytest.fixture(scope="session")
+def run_dir(pytestconfig: pytest.Config, phase: str) -> RunDir:
+    """The run folder: --upgate-run-dir, else a new one for pre and the latest one for post."""
+    if _run_key not in pytestconfig.stash:
+        pytestconfig.stash[_run_key] = _resolve_run_dir(pytestconfig, phase)
+    return pytestconfig.stash[_run_key]
+
+
+def _resolve_run_dir(config: pytest.Config, phase: str) -> RunDir:
+    explicit = config.getoption("upgate_run_dir")
+    reports = Path(config.getoption("upgate_reports"))
+    if explicit:
+        path = Path(explicit)
+        if phase != "pre" and not path.is_dir():
+            raise pytest.UsageError(f"--upgate-run-dir {path}: no such run folder")
+        (path / "baseline").mkdir(parents=True, exist_ok=True)
+        return RunDir(path.resolve())
+    if phase == "pre":
+        return RunDir.create(reports)
+    latest = RunDir.latest(reports)
+    if latest is None:
+        raise pytest.UsageError(
+            f"no run folder under {reports}/runs: run the pre gates first or give --upgate-run-dir")
+    return latest
+
+
+@pytest.fixture(scope="session")
+def baseline_dir(run_dir: RunDir) -> Path:
+    run_dir.baseline.mkdir(parents=True, exist_ok=True)
+    return run_dir.baseline
+
+
+@pytest.fixture(scope="session")
+def db_url(config: Config) -> str:
+    if not config.database.url:
+        pytest.skip("database not configured ([database] url or DATABASE_URL)")
+    return config.database.url
+
+
+@pytest.fixture(scope="session")
+def pg_tools(config: Config) -> Callable[[str], str]:
+    from upgate.embedded import find_pg_tool
+
+    def tool(name: str) -> str:
+        try:
+            return find_pg_tool(name, config.database.bin_dir)
+        except FileNotFoundError as exc:
+            pytest.fail(str(exc), pytrace=False)
+
+    return tool
+
+
+# --- evidence -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def evidence(request: pytest.FixtureRequest, run_dir: RunDir) -> Callable[..., None]:
+    """Attach evidence to this gate: a CheckResult or any JSON-serialisable value (Allure + gates json)."""
+    names = request.config.stash[_evidence_key].setdefault(request.node.nodeid, [])
+
+    def attach(name: str, data: CheckResult | Any) -> None:
+        payload = data.to_json() if isinstance(data, CheckResult) else data
+        text = redact(json.dumps(payload, indent=2, default=str, sort_keys=True))
+        names.append(name)
+        folder = run_dir.path / "evidence"
+        folder.mkdir(parents=True, exist_ok=True)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{request.node.name}-{name}")
+        (folder / f"{safe}.json").write_text(text + "\n", encoding="utf-8")
+        try:
+            import allure
+
+            allure.attach(text, name=name, attachment_type=allure.attachment_type.JSON)
+        except Exception:  # allure not active: the evidence file above is the record
+            pass
+
+    return attach
+
+
+# --- results file the wrapper reads -------------------------------------------------------------
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    report: pytest.TestReport = yield
+    if report.when == "call" or report.failed or report.skipped:
+        _record(item.config, report)
+    return report
+
+
+def _record(config: pytest.Config, report: pytest.TestReport) -> None:
+    message = ""
+    if report.skipped and isinstance(report.longrepr, tuple):
+        message = str(report.longrepr[2]).removeprefix("Skipped: ")
+    elif report.failed:
+        message = _failure_message(report)
+    outcome = "error" if report.failed and report.when != "call" else report.outcome
+    config.stash[_results_key].append({
+        "nodeid": report.nodeid,
+        "outcome": outcome,
+        "seconds": round(report.duration, 3),
+        "message": redact(message),
+        "evidence": config.stash[_evidence_key].get(report.nodeid, []),
+    })
+
+
+def _failure_message(report: pytest.TestReport) -> str:
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = str(crash.message) if crash is not None else str(report.longrepr)
+    text = text.removeprefix("Failed: ").removeprefix("AssertionError: ")
+    # The first paragraph is the gate's message; pytest's assertion rewrite adds the rest.
+    return text.split("\nassert ")[0].strip()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_started_key] = time.time()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    run = config.stash.get(_run_key, None)
+    if run is None:
+        explicit = config.getoption("upgate_run_dir", None)
+        if not explicit or not Path(explicit).is_dir():
+            return
+        run = RunDir(Path(explicit).resolve())
+    phase = config.stash.get(_phase_key, None) or _phase_from_args(config)
+    results = config.stash[_results_key]
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
+    run.write_json(run.gate_results(phase).name, {
+        "phase": phase,
+        "exitstatus": int(exitstatus),
+        "counts": counts,
+        "seconds": round(time.time() - config.stash.get(_started_key, time.time()), 3),
+        "gates": results,
+    })
+
+
+# --- components ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def app(config: Config) -> AppConfig:
+    if config.app is None:
+        pytest.skip("app not configured ([app] base_url or UPGATE_APP_URL)")
+    return config.app
+
+
+@pytest.fixture(scope="session")
+def migrations(config: Config) -> list[Migration]:
+    from checks.migrations import load_migrations
+
+    if config.migrate is None:
+        pytest.skip("migration not configured ([migrate] directory)")
+    try:
+        return load_migrations(config.migrate.directory)
+    except (ValueError, OSError) as exc:
+        pytest.fail(f"migrate.directory: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def dry_run(db_url: str, migrations: list[Migration], config: Config, pg_tools: Callable[[str], str],
+            baseline_dir: Path) -> DryRun:
+    """The plan's migrations applied up/down/up to a schema-only clone; recorded in the baseline."""
+    from checks.schema import dry_run_migration
+
+    assert config.migrate is not None
+    result = dry_run_migration(db_url, migrations, pg_tools("pg_dump"),
+                               allowed_destructive=config.migrate.allow_destructive, psql=pg_tools("psql"))
+    (baseline_dir / "dryrun.json").write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n",
+                                              encoding="utf-8")
+    return result
+
+
+def _integrity_tables(config: pytest.Config) -> list[str]:
+    """The tables the integrity gates parametrize over: from the baseline after pre, else config/DB."""
+    cfg = config.stash.get(_config_key, None)
+    phase = config.stash.get(_phase_key, None)
+    run = config.stash.get(_run_key, None)
+    if cfg is None or run is None or not cfg.database.url:
+        return []
+    if phase in ("post", "rollback"):
+        folder = run.baseline / "fingerprints"
+        return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+    if cfg.integrity.tables != "all":
+        return list(cfg.integrity.tables)
+    import psycopg
+    from checks.integrity import list_tables
+
+    try:
+        with psycopg.connect(cfg.database.url, connect_timeout=int(cfg.database.connect_timeout_s)) as conn:
+            return list_tables(conn)
+    except psycopg.Error:
+        return ["(database unreachable)"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "gated_table" in metafunc.fixturenames:
+        tables = _integrity_tables(metafunc.config)
+        if tables:
+            metafunc.parametrize("gated_table", tables, scope="session")
+        else:
+            metafunc.parametrize("gated_table", [pytest.param(None, marks=pytest.mark.skip(
+                reason="no table to gate: database not configured, or no baseline fingerprints in the run folder"))])

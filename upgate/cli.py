@@ -1,0 +1,116 @@
+"""`upgate`: parse arguments, call the library, exit with the verdict's code. Nothing else lives here.
+
+    $ upgate run --config upgate.toml        # 0 upgraded, 10 blocked, 20 rolled back, 30 needs attention, 2 usage
+    $ upgate demo --scenario destructive
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from upgate.errors import EXIT_CODES, ConfigError, UpgateError, Verdict, exit_code
+
+EPILOG = """exit codes:
+  0   UPGRADED         pre-gates, backup, migrate, deploy and post-gates passed
+  10  BLOCKED          pre-gates (or lock, or backup) failed; nothing was touched
+  20  ROLLED_BACK      a step or post-gate failed; rollback done and verified against the baseline
+  30  NEEDS_ATTENTION  rollback could not be proven; read the run folder's summary.json and journal
+  2   usage or configuration error; nothing ran
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="upgate",
+        description="Gate an upgrade: pre-gates, backup, migrate, deploy, post-gates; proven rollback on failure.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a gated upgrade from a config file", epilog=EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--config", "-c", help="upgate.toml (default: $UPGATE_CONFIG, then ./upgate.toml)")
+    run.add_argument("--reports", default="reports", help="folder for run folders (default: reports)")
+    run.add_argument("--quiet", "-q", action="store_true", help="print only the verdict lines")
+
+    check = sub.add_parser("check-config", help="validate a config file and print what would be gated")
+    check.add_argument("--config", "-c", help="upgate.toml (default: $UPGATE_CONFIG, then ./upgate.toml)")
+
+    from upgate.demo import SCENARIOS
+
+    demo = sub.add_parser(
+        "demo", help="a real gated upgrade of the reference service on embedded PostgreSQL",
+        description="Start PostgreSQL (embedded unless DATABASE_URL is set), seed episodic_logs, start the "
+                    "reference service v1, and run the scenario's plan through `upgate run`.",
+        epilog="scenarios:\n" + "\n".join(f"  {n:<15} {s.description}" for n, s in SCENARIOS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_argument("--scenario", "-s", default="good", choices=sorted(SCENARIOS), help="default: good")
+    demo.add_argument("--rows", type=int, default=100_000, help="rows seeded into episodic_logs (default 100000)")
+    demo.add_argument("--reports", default="reports", help="folder for run folders (default: reports)")
+    demo.add_argument("--serve", action="store_true",
+                      help="only start the target (PostgreSQL + service v1), print its config path and leave it running")
+    demo.add_argument("--stop", metavar="FOLDER", help="stop a target left running by --serve")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "check-config":
+            return _check_config(args)
+        if args.command == "demo":
+            return _demo(args)
+    except ConfigError as exc:
+        print(f"upgate: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CODES[Verdict.USAGE_ERROR]
+    except UpgateError as exc:
+        print(f"upgate: {exc}", file=sys.stderr)
+        return exit_code(exc.verdict)
+    parser.print_help()
+    return EXIT_CODES[Verdict.USAGE_ERROR]
+
+
+def _run(args: argparse.Namespace) -> int:
+    from upgate.config import load_config
+    from upgate.console import Console
+    from upgate.pipeline import RunOptions, run
+
+    config = load_config(args.config)
+    outcome = run(config, RunOptions(reports=Path(args.reports), console=Console(quiet=args.quiet)))
+    if args.quiet:
+        print(f"{outcome.verdict.value} (exit {outcome.exit_code}): {outcome.reason}")
+    return outcome.exit_code
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from checks.secrets import redact
+    from upgate.config import load_config
+
+    config = load_config(args.config)
+    print(f"{config.source}: valid")
+    for name, on in config.gated_components().items():
+        print(f"  {name:<9} {'gated' if on else 'not configured (its gates are skipped)'}")
+    if config.database.url:
+        print(f"  database  {redact(config.database.url)}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from upgate import demo
+
+    if args.stop:
+        demo.stop_served(Path(args.stop))
+        return 0
+    if args.serve:
+        demo.serve(args.scenario, rows=args.rows)
+        return 0
+    outcome = demo.run_demo(args.scenario, rows=args.rows, reports=Path(args.reports))
+    return outcome.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +82,9 @@ def find_pg_tool(name: str, bin_dir: Path | None = None) -> str:
 @contextlib.contextmanager
 def embedded_postgres(root: Path | None = None, keep: bool = False) -> Iterator[PostgresServer]:
     """Start a private PostgreSQL in a temp folder (pgserver) and stop it afterwards unless keep."""
-    import pgserver
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")  # platformdirs, harmless here
+        import pgserver
 
     folder = Path(root) if root else Path(tempfile.mkdtemp(prefix="upgate-pg-"))
     folder.mkdir(parents=True, exist_ok=True)

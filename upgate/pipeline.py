@@ -187,7 +187,7 @@ class Pipeline:
             backup = self.state.backup
             url = self.config.database.url
             pg_restore = find_pg_tool("pg_restore", self.config.database.bin_dir)
-            if rung("restore backup", lambda: {"seconds": restore_backup(url, backup, pg_restore)}):
+            if rung("restore backup", lambda: {"restore_s": round(restore_backup(url, backup, pg_restore), 3)}):
                 verified = self._verify_rollback(attempt=2)
         seconds = round(time.monotonic() - t0, 3)
         self.state.rollback.update(seconds=seconds, verified=verified)
@@ -244,7 +244,8 @@ class Pipeline:
         cfg = self.config
         pre = self._gates("pre")
         if not pre.passed:
-            return Verdict.BLOCKED, f"pre-gates failed ({pre.describe()}); nothing was touched"
+            first = pre.failures[0]["message"] if pre.failures else pre.describe()
+            return Verdict.BLOCKED, f"pre-gates failed ({pre.describe()}): {first}; nothing was touched"
         try:
             if cfg.database.url:
                 self._backup()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +22,8 @@ from upgate.errors import ConfigError
 from upgate.runs import RunDir
 
 if TYPE_CHECKING:
-    from checks.schema import DryRun
-
     from checks.migrations import Migration
+    from checks.schema import DryRun
 
 PHASES = ("pre", "post", "rollback")
 
@@ -203,8 +202,10 @@ def evidence(request: pytest.FixtureRequest, run_dir: RunDir) -> Callable[..., N
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
-    report: pytest.TestReport = yield
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     if report.when == "call" or report.failed or report.skipped:
         _record(item.config, report)
     return report
@@ -305,10 +306,12 @@ def _integrity_tables(config: pytest.Config) -> list[str]:
         return []
     if phase in ("post", "rollback"):
         folder = run.baseline / "fingerprints"
-        return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+        files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+        return [json.loads(f.read_text(encoding="utf-8"))["table"] for f in files]
     if cfg.integrity.tables != "all":
         return list(cfg.integrity.tables)
     import psycopg
+
     from checks.integrity import list_tables
 
     try:

@@ -7,10 +7,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 
-from checks.migrations import Migration, apply_migration_file, load_migrations
+from checks.migrations import (
+    Migration,
+    MigrationFailed,
+    MigrationLockTimeout,
+    apply_migration_file,
+    load_migrations,
+)
 from checks.secrets import redact
 from upgate.config import MigrateConfig
 from upgate.errors import StepFailed
@@ -28,7 +35,7 @@ class SqlMigrator(Migrator):
         except (ValueError, OSError) as exc:
             raise StepFailed(f"migrate.directory: {exc}") from None
 
-    def _apply(self, conn: psycopg.Connection, name: str, path) -> None:  # type: ignore[no-untyped-def]
+    def _apply(self, conn: psycopg.Connection, name: str, path: Path) -> None:
         def retried(attempt: int, error: Exception) -> None:
             self.on_progress(f"{name}: lock not available (attempt {attempt}), retrying")
 
@@ -36,7 +43,7 @@ class SqlMigrator(Migrator):
             apply_migration_file(conn, path, lock_timeout_ms=self.config.lock_timeout_ms,
                                  retries=self.config.retries, backoff_s=self.config.retry_backoff_s,
                                  on_retry=retried)
-        except psycopg.Error as exc:
+        except (MigrationFailed, MigrationLockTimeout, psycopg.Error) as exc:
             raise StepFailed(f"{path.name} failed and was rolled back: {redact(str(exc).strip())}") from None
 
     def up(self) -> list[str]:

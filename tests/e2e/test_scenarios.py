@@ -1,0 +1,160 @@
+"""`upgate run` as a user runs it, on the reference target; each outcome is then checked independently
+of upgate's own report (the table contents against what was seeded, the schema, the serving build)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from upgate.demo import DemoTarget, start_target, stop_target
+from upgate.embedded import PostgresServer
+
+pytestmark = pytest.mark.e2e
+
+ROWS = 3000
+V1_COLUMNS = "session_id, agent, role, content, metadata, tokens, created_at"
+V2_COLUMNS = {"cache_hit", "similarity_score", "last_verified"}
+
+
+def rows_digest(url: str) -> dict[int, str]:
+    """Every row's v1 content, hashed by the test itself (not by upgate)."""
+    with psycopg.connect(url) as conn:
+        return dict(conn.execute(f"SELECT id, md5(ROW({V1_COLUMNS})::text) FROM episodic_logs ORDER BY id").fetchall())
+
+
+def columns(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'episodic_logs'")
+        return {r[0] for r in rows.fetchall()}
+
+
+def serving_build(base_url: str) -> str:
+    with urllib.request.urlopen(base_url + "/health", timeout=5) as resp:
+        return str(json.loads(resp.read())["build"])
+
+
+def upgate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    return subprocess.run([sys.executable, "-m", "upgate.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+@pytest.fixture
+def target(request: pytest.FixtureRequest, pg_server: PostgresServer, tmp_path: Path) -> Iterator[DemoTarget]:
+    scenario = request.param
+    started = start_target(scenario, pg_server, tmp_path, rows=ROWS)
+    try:
+        yield started
+    finally:
+        stop_target(started, pg_server)
+
+
+def run_upgate(target: DemoTarget, tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], dict]:
+    proc = upgate("run", "--config", str(target.config), "--reports", str(tmp_path / "reports"), cwd=tmp_path)
+    runs = sorted((tmp_path / "reports" / "runs").iterdir())
+    summary = json.loads((runs[-1] / "summary.json").read_text())
+    return proc, summary
+
+
+@pytest.mark.parametrize("target", ["good"], indirect=True)
+def test_good_upgrade_is_upgraded(target, tmp_path):
+    before = rows_digest(target.database_url)
+    proc, summary = run_upgate(target, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "VERDICT: UPGRADED (exit 0)" in proc.stdout and "downtime" in proc.stdout
+    assert V2_COLUMNS <= columns(target.database_url)
+    assert rows_digest(target.database_url) == before
+    assert serving_build(target.base_url) == "v2"
+    assert summary["verdict"] == "UPGRADED" and summary["downtime"]["downtime_s"] < 300
+    assert summary["backup"]["verified"] == "full"
+
+
+@pytest.mark.parametrize("target", ["destructive"], indirect=True)
+def test_destructive_backfill_is_caught_and_restored(target, tmp_path):
+    before = rows_digest(target.database_url)
+    proc, summary = run_upgate(target, tmp_path)
+    assert proc.returncode == 20, proc.stdout + proc.stderr
+    assert "ROLLED_BACK" in proc.stdout
+    # The post gate named lost and changed keys.
+    failures = summary["gates"]["post"]["failures"]
+    assert any("rows lost" in f["message"] for f in failures), failures
+    # Independently: every seeded row is back, byte for byte, and the v2 columns are gone.
+    assert rows_digest(target.database_url) == before
+    assert not (V2_COLUMNS & columns(target.database_url))
+    assert serving_build(target.base_url) == "v1"
+    rungs = [r["rung"] for r in summary["rollback"]["ladder"]]
+    assert rungs == ["undo deploy", "down migration", "restore backup"]
+    assert summary["rollback"]["verified"] is True
+
+
+@pytest.mark.parametrize("target", ["broken-deploy"], indirect=True)
+def test_broken_deploy_rolls_back_to_v1(target, tmp_path):
+    before = rows_digest(target.database_url)
+    proc, summary = run_upgate(target, tmp_path)
+    assert proc.returncode == 20, proc.stdout + proc.stderr
+    assert serving_build(target.base_url) == "v1"
+    assert not (V2_COLUMNS & columns(target.database_url))
+    assert rows_digest(target.database_url) == before
+    assert summary["rollback"]["verified"] is True
+    assert [s["name"] for s in summary["steps"] if s["status"] == "failed"] == ["deploy"]
+
+
+@pytest.mark.parametrize("target", ["blocked"], indirect=True)
+def test_blocked_plan_touches_nothing(target, tmp_path):
+    before = rows_digest(target.database_url)
+    cols = columns(target.database_url)
+    proc, summary = run_upgate(target, tmp_path)
+    assert proc.returncode == 10, proc.stdout + proc.stderr
+    assert "BLOCKED" in proc.stdout and "episodic_logs.metadata" in proc.stdout
+    assert rows_digest(target.database_url) == before and columns(target.database_url) == cols
+    run_dir = sorted((tmp_path / "reports" / "runs").iterdir())[-1]
+    assert not (run_dir / "backup").exists()
+    steps = [json.loads(line)["step"] for line in (run_dir / "journal.jsonl").read_text().splitlines()]
+    assert "backup" not in steps and "migrate" not in steps
+    assert serving_build(target.base_url) == "v1"
+
+
+@pytest.mark.parametrize("target", ["good"], indirect=True)
+def test_gates_run_by_hand_against_the_target(target, tmp_path):
+    run_dir = tmp_path / "by-hand"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "gates/pre", "--upgate-config", str(target.config),
+                           "--upgate-run-dir", str(run_dir), "-q"], cwd=Path(__file__).parents[2],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads((run_dir / "gates-pre.json").read_text())
+    assert results["counts"].get("failed", 0) == 0 and results["counts"]["passed"] >= 5
+    assert (run_dir / "baseline" / "fingerprints" / "episodic_logs.json").exists()
+
+
+def test_malformed_config_exits_2_and_names_the_key(tmp_path):
+    config = tmp_path / "upgate.toml"
+    config.write_text('[target]\nname = "svc"\n\n[database]\nurl = "postgresql://x/y"\nport = 5432\n')
+    proc = upgate("run", "--config", str(config), "--reports", str(tmp_path / "reports"), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert f"{config}:6: unknown key 'database.port'" in proc.stderr
+    assert not (tmp_path / "reports").exists()
+
+
+def test_unreachable_database_is_blocked_and_named(tmp_path):
+    config = tmp_path / "upgate.toml"
+    config.write_text('[target]\nname = "svc"\n\n[database]\nurl = "postgresql://u:secret@127.0.0.1:1/db"\n'
+                      'connect_timeout_s = 1\n')
+    proc = upgate("run", "--config", str(config), "--reports", str(tmp_path / "reports"), cwd=tmp_path)
+    assert proc.returncode == 10, proc.stdout + proc.stderr
+    assert "database unreachable" in proc.stdout and "127.0.0.1:1" in proc.stdout
+    assert "secret" not in proc.stdout
+
+
+def test_demo_command_runs_the_good_scenario(tmp_path):
+    proc = upgate("demo", "--scenario", "good", "--rows", "2000", "--reports", str(tmp_path / "reports"),
+                  cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "scenario 'good' ended UPGRADED, exit 0: as expected" in proc.stdout

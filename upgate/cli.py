@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--reports", default="reports", help="folder for run folders (default: reports)")
     run.add_argument("--quiet", "-q", action="store_true", help="print only the verdict lines")
 
+    undo = sub.add_parser("rollback", help="undo a run from its journal (e.g. one killed half-way) and prove it",
+                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    undo.add_argument("--config", "-c", help="the upgate.toml the run used")
+    undo.add_argument("--run", required=True, metavar="RUN_DIR", help="the run folder (reports/runs/<id>)")
+
     check = sub.add_parser("check-config", help="validate a config file and print what would be gated")
     check.add_argument("--config", "-c", help="upgate.toml (default: $UPGATE_CONFIG, then ./upgate.toml)")
 
@@ -60,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "rollback":
+            return _rollback(args)
         if args.command == "check-config":
             return _check_config(args)
         if args.command == "demo":
@@ -84,6 +91,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.quiet:
         print(f"{outcome.verdict.value} (exit {outcome.exit_code}): {outcome.reason}")
     return outcome.exit_code
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from upgate.config import load_config
+    from upgate.recovery import rollback_run
+
+    config = load_config(args.config)
+    return rollback_run(config, Path(args.run)).exit_code
 
 
 def _check_config(args: argparse.Namespace) -> int:

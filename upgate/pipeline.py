@@ -10,10 +10,12 @@ anything was touched: the rollback ladder, then its proof (the post gates agains
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +40,8 @@ from upgate.steps.migrate import Migrator, migrator_for
 class RunOptions:
     reports: Path = DEFAULT_REPORTS
     console: Console | None = None
+    #: An existing run folder to continue (`upgate rollback`); default: a new one.
+    run_dir: Path | None = None
 
 
 @dataclass
@@ -70,7 +74,7 @@ class Pipeline:
         self.config = config
         self.options = options
         self.console = options.console or Console()
-        self.run = RunDir.create(options.reports)
+        self.run = RunDir(options.run_dir.resolve()) if options.run_dir else RunDir.create(options.reports)
         self.journal = Journal(self.run.journal)
         self.state = _State()
         self.prober: DowntimeProber | None = None
@@ -146,6 +150,7 @@ class Pipeline:
         assert self.config.migrate and self.config.database.url
         migrator = migrator_for(self.config.migrate, self.config.database.url,
                                 on_progress=lambda m: self.console.step("migrate", m))
+        migrator.on_change = lambda name, what: self.journal.write("migrate", what, migration=name)
         self.state.migrator = migrator
         self._step("migrate", lambda: {"applied": migrator.up()})
 
@@ -159,7 +164,7 @@ class Pipeline:
 
     # --- rollback ladder ------------------------------------------------------------------------
 
-    def _rollback(self, reason: str) -> tuple[Verdict, str]:
+    def rollback(self, reason: str) -> tuple[Verdict, str]:
         t0 = time.monotonic()
         ladder: list[dict[str, Any]] = []
         self.state.rollback = {"triggered": True, "reason": reason, "ladder": ladder}
@@ -212,23 +217,17 @@ class Pipeline:
     # --- the run --------------------------------------------------------------------------------
 
     def execute(self) -> RunOutcome:
+        return self.finish(self._locked)
+
+    def finish(self, body: Callable[[], tuple[Verdict, str]]) -> RunOutcome:
+        """Journal the run, run `body`, and always write the summary and print the verdict."""
         cfg = self.config
         self.console.header(cfg, self.run)
         self.journal.write("run", "start", config=str(cfg.source), target=cfg.target.name,
-                           host=socket.gethostname(), config_sha256=_sha256(cfg.source))
+                           host=socket.gethostname(), user=getpass.getuser(), config_sha256=_sha256(cfg.source))
         verdict, reason = Verdict.NEEDS_ATTENTION, "run did not finish"
         try:
-            if cfg.database.url:
-                try:
-                    with run_lock(cfg.database.url, cfg.target.name, cfg.database.connect_timeout_s):
-                        self.console.step("lock", f"advisory lock held for target '{cfg.target.name}'")
-                        verdict, reason = self._gated()
-                except LockBusy as exc:
-                    verdict, reason = Verdict.BLOCKED, str(exc)
-                except LockUnavailable as exc:
-                    verdict, reason = Verdict.BLOCKED, f"database unreachable, nothing touched: {exc}"
-            else:
-                verdict, reason = self._gated()
+            verdict, reason = body()
         except KeyboardInterrupt:
             verdict, reason = Verdict.NEEDS_ATTENTION, "interrupted: read the journal; `upgate rollback` undoes it"
             raise
@@ -239,6 +238,19 @@ class Pipeline:
             self.journal.write("run", "end", verdict=verdict.value, exit_code=exit_code(verdict), reason=reason)
             self.console.verdict(verdict, reason, summary)
         return RunOutcome(verdict, reason, self.run, summary)
+
+    def _locked(self) -> tuple[Verdict, str]:
+        cfg = self.config
+        if not cfg.database.url:
+            return self._gated()
+        try:
+            with run_lock(cfg.database.url, cfg.target.name, cfg.database.connect_timeout_s):
+                self.console.step("lock", f"advisory lock held for target '{cfg.target.name}'")
+                return self._gated()
+        except LockBusy as exc:
+            return Verdict.BLOCKED, str(exc)
+        except LockUnavailable as exc:
+            return Verdict.BLOCKED, f"database unreachable, nothing touched: {exc}"
 
     def _gated(self) -> tuple[Verdict, str]:
         cfg = self.config
@@ -261,11 +273,11 @@ class Pipeline:
             if cfg.deploy:
                 self._deploy()
         except Exception as exc:
-            return self._rollback(f"{self.state.steps[-1]['name']} failed: {redact(str(exc))}")
+            return self.rollback(f"{self.state.steps[-1]['name']} failed: {redact(str(exc))}")
         post = self._gates("post")
         if not post.passed:
             first = post.failures[0]["message"] if post.failures else post.describe()
-            return self._rollback(f"post-gates failed ({post.describe()}): {first}")
+            return self.rollback(f"post-gates failed ({post.describe()}): {first}")
         return Verdict.UPGRADED, "pre-gates, backup, migration, deploy and post-gates all passed"
 
     def _summary(self, verdict: Verdict, reason: str) -> dict[str, Any]:

@@ -24,11 +24,13 @@ from upgate.steps.deploy.base import Deployer
 
 
 def pid_alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie (reaping it when it is our child)."""
+    """True while pid runs; reaps it if it is our exited child, and treats other zombies as gone."""
     try:
-        os.waitpid(pid, os.WNOHANG)
+        # Our child: alive until reaped (a threaded process shows "Z" before waitpid can reap it).
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done != pid
     except ChildProcessError:
-        pass
+        pass  # not our child (or already reaped): ask the kernel instead
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -36,28 +38,36 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     try:
-        state = Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0]
-        return state != "Z"
-    except (OSError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("State:"):
+                return "Z" not in line.split()[1]
+    except OSError:
+        pass
+    return True
+
+
+def stop_pid(pid: int, timeout: float = 10.0) -> bool:
+    """SIGTERM pid, wait up to timeout, then SIGKILL. True if it ended on SIGTERM (or was already gone)."""
+    if not pid_alive(pid):
         return True
-
-
-def stop_pid(pid: int, timeout_s: float) -> None:
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout_s
+        return True
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not pid_alive(pid):
-            return
+            return True
         time.sleep(0.02)
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
-        return
-    while pid_alive(pid):
+        return True
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.02)
+    return False
+
 
 
 class ProcessDeployer(Deployer):

@@ -56,6 +56,7 @@ class SqlMigrator(Migrator):
                 self.on_progress(f"applying {migration.up.name}")
                 self._apply(conn, migration.name, migration.up)
                 self.applied.append(migration.name)
+                self._changed(migration.name, "applied")
         return list(self.applied)
 
     def down(self) -> list[str]:
@@ -74,4 +75,5 @@ class SqlMigrator(Migrator):
                 self._apply(conn, name, migration.down)
                 undone.append(name)
                 self.applied.remove(name)
+                self._changed(name, "reverted")
         return undone

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -57,10 +58,17 @@ def database_name(url: str) -> str:
     return name or "postgres"
 
 
+def _import_pgserver() -> Any:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")  # platformdirs at import; harmless here
+        import pgserver
+    return pgserver
+
+
 def pgserver_bin_dir() -> Path | None:
     """The bin folder of the pgserver wheel (pg_dump, pg_restore, psql of its PostgreSQL 16), if installed."""
     try:
-        import pgserver  # noqa: F401
+        _import_pgserver()
         from pgserver._commands import POSTGRES_BIN_PATH
     except Exception:
         return None
@@ -82,10 +90,7 @@ def find_pg_tool(name: str, bin_dir: Path | None = None) -> str:
 @contextlib.contextmanager
 def embedded_postgres(root: Path | None = None, keep: bool = False) -> Iterator[PostgresServer]:
     """Start a private PostgreSQL in a temp folder (pgserver) and stop it afterwards unless keep."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")  # platformdirs, harmless here
-        import pgserver
-
+    pgserver = _import_pgserver()
     folder = Path(root) if root else Path(tempfile.mkdtemp(prefix="upgate-pg-"))
     folder.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(folder, cleanup_mode=None if keep else "stop")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from upgate.config import Config
+from upgate.errors import ConfigError
 from upgate.runs import RunDir
 
 SHIPPED_GATES = Path(__file__).resolve().parent.parent / "gates"
@@ -61,6 +62,8 @@ def gates_folder(config: Config) -> Path:
 def run_gates(phase: str, config: Config, run: RunDir, on_line: Callable[[str, str], None] | None = None) -> PhaseResult:
     """Run `gates/<pre|post>` for `phase` (rollback runs the post gates against the baseline)."""
     folder = gates_folder(config) / ("post" if phase == "rollback" else phase)
+    if not folder.is_dir():
+        raise ConfigError(f"gates folder {folder} not found: set [gates] directory to the folder holding pre/ and post/")
     run.logs.mkdir(parents=True, exist_ok=True)
     log_path = run.logs / f"pytest-{phase}.log"
     results_file = run.gate_results(phase)

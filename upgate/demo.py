@@ -45,6 +45,16 @@ SCENARIOS: dict[str, Scenario] = {
                               Verdict.ROLLED_BACK),
     "blocked": Scenario("a migration that drops a column without allowing it: BLOCKED, nothing touched",
                         Verdict.BLOCKED),
+    "model-good": Scenario("the served model is swapped for a slightly retrained one, within the drift "
+                           "thresholds: UPGRADED", Verdict.UPGRADED),
+    "model-regression": Scenario("the new model's answers drift past the thresholds: the old model is swapped "
+                                 "back and serves again, ROLLED_BACK", Verdict.ROLLED_BACK),
+    "slow": Scenario("v2-slow is ~3x slower on reads: the performance gate (Locust, Mann-Whitney U) names the "
+                     "endpoints, ROLLED_BACK", Verdict.ROLLED_BACK),
+    "contract-break": Scenario("v2 renames a response field of /logs: the API contract gate names it, ROLLED_BACK",
+                               Verdict.ROLLED_BACK),
+    "locking": Scenario("a migration rewrites episodic_logs under ACCESS EXCLUSIVE for longer than the plan's "
+                        "lock budget: BLOCKED, estimate and budget printed", Verdict.BLOCKED),
 }
 
 
@@ -70,7 +80,7 @@ def plans_folder() -> Path:
     return Path(PLANS)
 
 
-def write_config(scenario: str, folder: Path, database_url: str, port: int, pidfile: Path) -> Path:
+def write_config(scenario: str, folder: Path, database_url: str, port: int, pidfile: Path, **extra: str) -> Path:
     plan = plans_folder() / scenario
     template = Template((plan / "upgate.toml.in").read_text(encoding="utf-8"))
     text = template.substitute(
@@ -82,6 +92,7 @@ def write_config(scenario: str, folder: Path, database_url: str, port: int, pidf
         plan=str(plan),
         workdir=str(Path(__file__).resolve().parent.parent),
         bin_dir=str(Path(find_pg_tool("pg_dump")).parent),
+        **extra,
     )
     target = folder / "upgate.toml"
     target.write_text(text, encoding="utf-8")
@@ -106,14 +117,25 @@ def start_target(scenario: str, server: PostgresServer, folder: Path, rows: int)
     port = free_port()
     pidfile = folder / "service.pid"
     base_url = f"http://127.0.0.1:{port}"
-    start_service(database_url, port, "v1", pidfile, folder / "service-v1.log")
+    from fixtures.model_target import prepare_models
+
+    models = prepare_models(scenario, folder)  # model scenarios: the v1 model is served by /generate
+    start_service(database_url, port, "v1", pidfile, folder / "service-v1.log",
+                  extra_args=("--model-path", models["model_live"]) if models else ())
     wait_ready(base_url, timeout=30.0)
     _say(f"reference service v1 ready at {base_url} (pid {pidfile.read_text().strip()})")
-    config = write_config(scenario, folder, database_url, port, pidfile)
+    from fixtures.monitoring import start_monitoring
+
+    monitoring = start_monitoring(folder, f"{base_url}/metrics")
+    _say(f"monitoring: redis {monitoring['redis_url']}, prometheus {monitoring['prometheus_url']}")
+    config = write_config(scenario, folder, database_url, port, pidfile, **(models or {}), **monitoring)
     return DemoTarget(folder, database_url, base_url, pidfile, config, None)
 
 
 def stop_target(target: DemoTarget, server: PostgresServer | None) -> None:
+    from fixtures.monitoring import stop_monitoring
+
+    stop_monitoring(target.folder)
     try:
         pid = int(target.pidfile.read_text().strip())
         stop_pid(pid, 10.0)

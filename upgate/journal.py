@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,11 @@ from checks.secrets import redact
 
 
 class Journal:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, observers: list[Callable[[dict[str, Any]], None]] | None = None) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Called with each record after it is on disk (the audit log mirrors every step this way).
+        self.observers = list(observers or [])
 
     def write(self, step: str, event: str, **detail: Any) -> None:
         record = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "step": step, "event": event}
@@ -34,6 +36,11 @@ class Journal:
             os.fsync(fd)
         finally:
             os.close(fd)
+        for observe in self.observers:
+            try:
+                observe(record)
+            except Exception:  # an observer (the audit log) must never stop a step
+                pass
 
     @contextlib.contextmanager
     def step(self, name: str, **detail: Any) -> Iterator[dict[str, Any]]:

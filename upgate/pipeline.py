@@ -22,14 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from checks.secrets import redact
+from upgate.audit import audit_log_for
 from upgate.config import Config
 from upgate.console import Console
+from upgate.diagnose import diagnose, show_estimate
 from upgate.embedded import find_pg_tool
 from upgate.errors import ConfigError, StepFailed, Verdict, exit_code
 from upgate.gating import PhaseResult, gates_folder, run_gates
 from upgate.journal import Journal
 from upgate.lock import LockBusy, LockUnavailable, run_lock
 from upgate.probe import DowntimeProber
+from upgate.report import report_run
 from upgate.runs import DEFAULT_REPORTS, RunDir
 from upgate.steps.backup import Backup, restore_backup, take_backup
 from upgate.steps.deploy import Deployer, deployer_for
@@ -65,6 +68,7 @@ class _State:
     backup: Backup | None = None
     migrator: Migrator | None = None
     deployer: Deployer | None = None
+    model_upgrader: Any = None  # upgate.steps.model_upgrade.ModelUpgrader, imported only when configured
     deploy_started: bool = False
     rollback: dict[str, Any] = field(default_factory=dict)
 
@@ -81,10 +85,12 @@ class Pipeline:
         self.console = options.console or Console()
         self.run = RunDir(options.run_dir.resolve()) if options.run_dir else RunDir.create(options.reports)
         self.journal = Journal(self.run.journal)
+        self.journal.observers.append(audit_log_for(config, self.run).mirror())
         self.state = _State()
         self.prober: DowntimeProber | None = None
         self.started = time.monotonic()
         self.started_at = datetime.now(UTC)
+        self.diagnostics: list[dict[str, Any]] = []
 
     # --- steps ----------------------------------------------------------------------------------
 
@@ -127,10 +133,22 @@ class Pipeline:
             for failure in result.failures:
                 self.console.failure(failure["nodeid"], failure["message"])
             self.console.step(label, f"FAILED: {result.describe()} ({result.seconds:.1f} s)")
+            self._diagnose(phase)
             return result
         result = self.state.phases[phase]
         self.console.step(label, f"passed: {result.describe()} ({result.seconds:.1f} s)")
+        if phase == "pre":
+            show_estimate(self.run, self.console)
         return result
+
+    def _diagnose(self, after: str) -> None:
+        """The diagnostics gate family, right after a failure: evidence only, never the verdict."""
+        try:
+            record = diagnose(self.config, self.run, after, self.console)
+        except Exception as exc:  # diagnosing must never stand in the way of the rollback
+            record = {"after": after, "error": redact(str(exc))}
+        if record:
+            self.diagnostics.append(record)
 
     def _backup(self) -> None:
         url = self.config.database.url
@@ -159,6 +177,17 @@ class Pipeline:
         self.state.migrator = migrator
         self._step("migrate", lambda: {"applied": migrator.up()})
 
+    def _model_upgrader(self) -> Any:
+        from upgate.steps.model_upgrade import ModelUpgrader
+
+        cfg = self.config.model_upgrade
+        assert cfg
+        if self.state.model_upgrader is None:
+            self.state.model_upgrader = ModelUpgrader(
+                cfg, cfg.backup_dir or self.run.path / "backup" / "models", self.run.run_id,
+                on_progress=lambda m: self.console.step("model", m))
+        return self.state.model_upgrader
+
     def _deploy(self) -> None:
         assert self.config.deploy
         deployer = deployer_for(self.config.deploy, self.config.app, self.run.logs,
@@ -186,6 +215,9 @@ class Pipeline:
             ladder.append({"rung": name, "ok": True})
             return True
 
+        # Before the deploy undo: the previous process must start against the previous model.
+        if self.state.model_upgrader and self.state.model_upgrader.switched:
+            rung("swap model back", self.state.model_upgrader.undo)
         if self.state.deploy_started and self.state.deployer:
             rung("undo deploy", self.state.deployer.undo)
         down_ok = True
@@ -242,6 +274,7 @@ class Pipeline:
             summary = self._summary(verdict, reason)
             self.journal.write("run", "end", verdict=verdict.value, exit_code=exit_code(verdict), reason=reason)
             self.console.verdict(verdict, reason, summary)
+            report_run(self.run, summary, cfg, self.console)
         return RunOutcome(verdict, reason, self.run, summary)
 
     def _locked(self) -> tuple[Verdict, str]:
@@ -266,6 +299,8 @@ class Pipeline:
         try:
             if cfg.database.url:
                 self._backup()
+            if cfg.model_upgrade:
+                self._step("model backup", self._model_upgrader().backup)
         except Exception as exc:
             return Verdict.BLOCKED, f"backup failed, nothing was touched: {redact(str(exc))}"
 
@@ -275,9 +310,12 @@ class Pipeline:
         try:
             if cfg.migrate:
                 self._migrate()
+            if cfg.model_upgrade:
+                self._step("model switch", self._model_upgrader().switch)
             if cfg.deploy:
                 self._deploy()
         except Exception as exc:
+            self._diagnose(self.state.steps[-1]["name"])
             return self.rollback(f"{self.state.steps[-1]['name']} failed: {redact(str(exc))}")
         post = self._gates("post")
         if not post.passed:
@@ -312,12 +350,19 @@ class Pipeline:
             "downtime_within_budget": (downtime.downtime_s <= cfg.thresholds.max_downtime_s) if downtime else None,
             "rollback": self.state.rollback or {"triggered": False},
             "rollback_budget_s": cfg.thresholds.max_rollback_s,
+            "diagnostics": self.diagnostics,
             "backup": self.state.backup.to_json() if self.state.backup else None,
+            "model_upgrade": self.state.model_upgrader.to_json() if self.state.model_upgrader else None,
             "gated": {
                 "database": cfg.database.url is not None,
                 "app": cfg.app is not None,
                 "migrate": cfg.migrate is not None,
                 "deploy": cfg.deploy is not None,
+                "models": [m.name for m in cfg.models],
+                "model_upgrade": cfg.model_upgrade is not None,
+                "monitoring": cfg.monitoring is not None,
+                "hosts": bool(cfg.hosts),
+                "performance": cfg.performance is not None,
             },
             "config": str(cfg.source),
             "config_sha256": _sha256(cfg.source),

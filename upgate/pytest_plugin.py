@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Generator
 from pathlib import Path
@@ -17,15 +18,16 @@ import pytest
 
 from checks.result import CheckResult
 from checks.secrets import redact
-from upgate.config import AppConfig, Config, find_config_path, load_config
+from upgate.config import AppConfig, Config, HostConfig, MonitoringConfig, find_config_path, load_config
 from upgate.errors import ConfigError
 from upgate.runs import RunDir
 
 if TYPE_CHECKING:
     from checks.migrations import Migration
+    from checks.perf import LoadProfile
     from checks.schema import DryRun
 
-PHASES = ("pre", "post", "rollback")
+PHASES = ("pre", "post", "rollback", "diagnostics")
 
 _results_key = pytest.StashKey[list[dict[str, Any]]]()
 _evidence_key = pytest.StashKey[dict[str, list[str]]]()
@@ -66,7 +68,7 @@ def _phase_of(item_path: Path) -> str | None:
     parts = item_path.parts
     if "gates" in parts:
         idx = len(parts) - 1 - parts[::-1].index("gates")
-        if idx + 1 < len(parts) and parts[idx + 1] in ("pre", "post"):
+        if idx + 1 < len(parts) and parts[idx + 1] in ("pre", "post", "diagnostics"):
             return parts[idx + 1]
     return None
 
@@ -81,9 +83,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         family = Path(str(item.path)).stem.removeprefix("test_")
         item.add_marker(pytest.mark.allure_label(phase, label_type="epic"))
         item.add_marker(pytest.mark.allure_label(family, label_type="feature"))
+        item.add_marker(pytest.mark.allure_label(phase, label_type="parentSuite"))
         component = item.get_closest_marker("upgate_component")
-        if component and component.args:
-            item.add_marker(pytest.mark.allure_label(component.args[0], label_type="story"))
+        story = component.args[0] if component and component.args else family
+        item.add_marker(pytest.mark.allure_label(story, label_type="story"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Allure: the phase is a parameter, so a post gate and its re-run proving a rollback are two tests
+    in the report (not one test and its retry)."""
+    phase = item.config.stash.get(_phase_key, None)
+    if phase is None or _phase_of(Path(str(item.path))) is None:
+        return
+    try:
+        import allure
+
+        allure.dynamic.parameter("phase", phase)
+    except Exception:  # allure-pytest not active: nothing to label
+        pass
 
 
 # --- session fixtures ---------------------------------------------------------------------------
@@ -272,6 +290,30 @@ def app(config: Config) -> AppConfig:
 
 
 @pytest.fixture(scope="session")
+def load_profile(config: Config, app: AppConfig) -> LoadProfile:
+    """The [performance] Locust profile against the app (the same one for baseline and candidate)."""
+    from checks.perf import SHIPPED_LOCUSTFILE, LoadProfile
+
+    perf = config.performance
+    if perf is None:
+        pytest.skip("performance not configured ([performance])")
+    return LoadProfile(
+        host=perf.host or app.base_url, locustfile=str(perf.locustfile or SHIPPED_LOCUSTFILE),
+        user_classes=tuple(perf.user_classes), users=perf.users, spawn_rate=perf.spawn_rate,
+        rate_per_user=perf.rate_per_user, warmup_s=perf.warmup_s, duration_s=perf.duration_s,
+        local_workers=perf.workers, remote_workers=tuple(perf.remote_workers), worker_command=perf.worker_command,
+        master_bind_host=perf.master_bind_host, master_host=perf.master_host, master_port=perf.master_port,
+        worker_timeout_s=perf.worker_timeout_s, cpus=tuple(perf.generator_cpus))
+
+
+@pytest.fixture(scope="session")
+def target_pidfile(config: Config) -> Path | None:
+    """The target's pidfile for resource impact: [performance] pidfile, else [deploy] pidfile; None if neither."""
+    return (config.performance.pidfile if config.performance else None) or (
+        config.deploy.pidfile if config.deploy else None)
+
+
+@pytest.fixture(scope="session")
 def migrations(config: Config) -> list[Migration]:
     from checks.migrations import load_migrations
 
@@ -295,6 +337,35 @@ def dry_run(db_url: str, migrations: list[Migration], config: Config, pg_tools: 
     (baseline_dir / "dryrun.json").write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n",
                                               encoding="utf-8")
     return result
+
+
+@pytest.fixture(scope="session")
+def monitoring(config: Config) -> MonitoringConfig:
+    if config.monitoring is None:
+        pytest.skip("monitoring not configured ([monitoring] or REDIS_URL / MONITORING_URL)")
+    return config.monitoring
+
+
+@pytest.fixture(scope="session")
+def redis_url(config: Config) -> str:
+    if config.monitoring is None or not config.monitoring.redis_url:
+        pytest.skip("redis not configured ([monitoring] redis_url or REDIS_URL)")
+    return config.monitoring.redis_url
+
+
+@pytest.fixture(scope="session")
+def prometheus_url(config: Config) -> str:
+    if config.monitoring is None or not config.monitoring.prometheus_url:
+        pytest.skip("prometheus not configured ([monitoring] prometheus_url or MONITORING_URL)")
+    return config.monitoring.prometheus_url
+
+
+@pytest.fixture(scope="session")
+def infra_host(gated_host: HostConfig) -> Any:
+    """The testinfra host of a `[[hosts]]` entry (connects lazily; test_host_answers proves it)."""
+    from checks.hosts import connect_host
+
+    return connect_host(gated_host.spec, sudo=gated_host.sudo)
 
 
 def _integrity_tables(config: pytest.Config) -> list[str]:
@@ -322,6 +393,15 @@ def _integrity_tables(config: pytest.Config) -> list[str]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "gated_host" in metafunc.fixturenames:
+        cfg = metafunc.config.stash.get(_config_key, None)
+        hosts = list(cfg.hosts) if cfg is not None else []
+        if hosts:
+            ids = [re.sub(r"[^\w.@-]+", "_", h.label).strip("_") or "host" for h in hosts]
+            metafunc.parametrize("gated_host", hosts, ids=ids, scope="session")
+        else:
+            metafunc.parametrize("gated_host", [pytest.param(None, marks=pytest.mark.skip(
+                reason="hosts not configured ([[hosts]] spec = \"local://\" ...)"), id="no-hosts")])
     if "gated_table" in metafunc.fixturenames:
         tables = _integrity_tables(metafunc.config)
         if tables:

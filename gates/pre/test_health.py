@@ -9,6 +9,7 @@ from checks.health import check_database, probe_http
 pytestmark = pytest.mark.upgate_component("service")
 
 
+@pytest.mark.upgate_component("database")
 def test_database_answers(db_url, config, evidence):
     result = check_database(db_url, timeout_s=config.database.connect_timeout_s)
     evidence("database", result)

@@ -1,0 +1,81 @@
+"""Cost of the model gates on this machine (CPU only): printed, never asserted.
+
+    .venv/bin/python bench/models.py
+
+1. `pytest gates/pre` with no model configured: wall time and whether torch/transformers were imported.
+2. The tiny GPT-2 (fixtures/tiny_model.py): compatibility check (metadata only), load + prompt set.
+3. `pytest gates/pre/test_models.py` then `gates/post/test_models.py` against that model (v1 -> v2-good).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PROBE = """
+import sys, time, pytest
+t0 = time.perf_counter()
+rc = pytest.main(sys.argv[1:])
+heavy = sorted(m for m in ("torch", "transformers", "tokenizers") if m in sys.modules)
+print(f"BENCH rc={int(rc)} seconds={time.perf_counter() - t0:.2f} heavy={','.join(heavy) or 'none'}")
+"""
+
+
+def pytest_run(args: list[str]) -> str:
+    proc = subprocess.run([sys.executable, "-c", PROBE, *args, "-q", "-p", "no:cacheprovider"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH")), proc.stdout[-500:])
+    return line.removeprefix("BENCH ")
+
+
+def main() -> None:
+    from checks.inference import check_compatibility, load_prompts, run_model
+    from fixtures.tiny_model import PROMPTS, REFERENCE_TEXT, cached_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        bare = folder / "bare.toml"
+        bare.write_text('[target]\nname = "bench"\n')
+        t0 = time.perf_counter()
+        out = pytest_run(["gates/pre", "--upgate-config", str(bare), "--upgate-run-dir", str(folder / "r0")])
+        print(f"pytest gates/pre, no model configured: {out} (wall {time.perf_counter() - t0:.2f} s)")
+
+        v1, v2 = cached_model("v1"), cached_model("v2-good")
+        t0 = time.perf_counter()
+        result = check_compatibility(v1)
+        print(f"check_compatibility (metadata only): {(time.perf_counter() - t0) * 1000:.1f} ms  {result.summary}")
+        prompts = load_prompts(PROMPTS)
+        t0 = time.perf_counter()
+        outputs = run_model(v1, prompts, reference_text=REFERENCE_TEXT.read_text(), max_new_tokens=12)
+        total = time.perf_counter() - t0
+        print(f"run_model, first call in process (imports torch+transformers): {total:.2f} s, load {outputs.load_s:.2f} s, "
+              f"{len(prompts)} prompts x 12 tokens, median {sorted(outputs.latencies_s)[len(prompts) // 2] * 1000:.1f} "
+              "ms/prompt")
+
+        live = folder / "live"
+        live.symlink_to(v1)
+        config = folder / "models.toml"
+        config.write_text(f'[target]\nname = "bench"\n\n[[models]]\nname = "tiny"\npath = "{live}"\n'
+                          f'prompts = "{PROMPTS}"\nreference_text = "{REFERENCE_TEXT}"\nmax_new_tokens = 12\n')
+        run = folder / "r1"
+        print("pytest gates/pre/test_models.py (tiny model):",
+              pytest_run(["gates/pre/test_models.py", "--upgate-config", str(config), "--upgate-run-dir", str(run)]))
+        live.unlink()
+        live.symlink_to(v2)
+        print("pytest gates/post/test_models.py (v2-good):",
+              pytest_run(["gates/post/test_models.py", "--upgate-config", str(config), "--upgate-run-dir", str(run),
+                          "--upgate-phase", "post"]))
+        post = json.loads((run / "gates-post.json").read_text())
+        for gate in post["gates"]:
+            print(f"  {gate['outcome']:7} {gate['seconds']:6.2f} s  {gate['nodeid'].split('::')[1]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""`upgate run` on the model scenarios: a model upgrade within thresholds, one that drifts (rolled back),
+and bad candidates (truncated weights, mismatched tokenizer) refused before anything is switched.
+Each outcome is checked independently: which release the live folder points at, what /generate serves."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fixtures.tiny_model import cached_model
+from upgate.demo import DemoTarget, start_target, stop_target
+from upgate.embedded import PostgresServer
+from upgate.steps.model_upgrade import hash_tree
+
+pytestmark = pytest.mark.e2e
+
+ROWS = 500
+
+
+def served_model(base_url: str) -> dict:
+    with urllib.request.urlopen(base_url + "/health", timeout=5) as resp:
+        return dict(json.loads(resp.read())["model"])
+
+
+def live(target: DemoTarget) -> Path:
+    return target.folder / "models" / "tiny-gpt"
+
+
+def run_upgate(target: DemoTarget, tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], dict]:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    proc = subprocess.run([sys.executable, "-m", "upgate.cli", "run", "--config", str(target.config),
+                           "--reports", str(tmp_path / "reports")], cwd=tmp_path, capture_output=True, text=True,
+                          env=env, timeout=600)
+    runs = sorted((tmp_path / "reports" / "runs").iterdir())
+    return proc, json.loads((runs[-1] / "summary.json").read_text())
+
+
+@pytest.fixture
+def target(request: pytest.FixtureRequest, pg_server: PostgresServer, tmp_path: Path) -> Iterator[DemoTarget]:
+    started = start_target(request.param, pg_server, tmp_path, rows=ROWS)
+    try:
+        yield started
+    finally:
+        stop_target(started, pg_server)
+
+
+@pytest.mark.parametrize("target", ["model-good"], indirect=True)
+def test_model_within_thresholds_is_upgraded(target, tmp_path):
+    proc, summary = run_upgate(target, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert hash_tree(live(target).resolve()) == hash_tree(cached_model("v2-good"))
+    assert served_model(target.base_url)["resolved"] == str(live(target).resolve())
+    assert summary["model_upgrade"]["switched"] is True and summary["model_upgrade"]["backup_sha256"]
+    run = sorted((tmp_path / "reports" / "runs").iterdir())[-1]
+    assert (run / "baseline" / "models" / "tiny-gpt" / "local" / "vectors.npz").exists()
+    post = json.loads((run / "gates-post.json").read_text())
+    models = [g for g in post["gates"] if "test_models.py" in g["nodeid"]]
+    assert models and all(g["outcome"] == "passed" for g in models), models
+
+
+@pytest.mark.parametrize("target", ["model-regression"], indirect=True)
+def test_drifting_model_is_swapped_back(target, tmp_path):
+    v1 = hash_tree(live(target).resolve())
+    proc, summary = run_upgate(target, tmp_path)
+    assert proc.returncode == 20, proc.stdout + proc.stderr
+    failures = " ".join(f["message"] for f in summary["gates"]["post"]["failures"])
+    assert "greedy continuations match the baseline for 0/" in failures and "mean KL divergence" in failures
+    assert [r["rung"] for r in summary["rollback"]["ladder"]] == ["swap model back", "undo deploy"]
+    assert summary["rollback"]["verified"] is True
+    # Independently: the live folder is v1 again and the restarted service serves it.
+    assert hash_tree(live(target).resolve()) == v1 == hash_tree(cached_model("v1"))
+    assert served_model(target.base_url)["resolved"] == str(live(target).resolve())
+
+
+@pytest.mark.parametrize("target", ["model-good"], indirect=True)
+def test_mismatched_tokenizer_is_blocked_before_anything_is_switched(target, tmp_path):
+    bad = use_candidate(target, "vocab-mismatch")
+    before = live(target).resolve()
+    proc, summary = run_upgate(target, tmp_path)
+    assert proc.returncode == 10, proc.stdout + proc.stderr
+    assert "tokenizer/model vocab mismatch" in proc.stdout and "test_upgrade_candidate_is_compatible" in proc.stdout
+    assert str(bad) in proc.stdout
+    assert live(target).resolve() == before and not summary["model_upgrade"]
+    names = [s["name"] for s in summary["steps"]]
+    assert "model switch" not in names and "model backup" not in names
+
+
+@pytest.mark.parametrize("target", ["model-good"], indirect=True)
+def test_truncated_candidate_fails_the_pre_gate_by_hand(target, tmp_path):
+    use_candidate(target, "truncated")
+    before = live(target).resolve()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "gates/pre/test_models.py", "--upgate-config",
+                           str(target.config), "--upgate-run-dir", str(tmp_path / "by-hand"), "-q"],
+                          cwd=Path(__file__).parents[2], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    results = json.loads((tmp_path / "by-hand" / "gates-pre.json").read_text())
+    failed = [g for g in results["gates"] if g["outcome"] == "failed"]
+    assert [g["nodeid"].split("::")[1] for g in failed] == ["test_upgrade_candidate_is_compatible[tiny-gpt]"]
+    assert "model.safetensors is truncated" in failed[0]["message"]
+    assert live(target).resolve() == before
+
+
+def use_candidate(target: DemoTarget, variant: str) -> Path:
+    bad = target.folder / "models" / "releases" / variant
+    shutil.copytree(cached_model(variant), bad)
+    text = target.config.read_text()
+    target.config.write_text(text.replace(str(target.folder / "models" / "releases" / "v2-good"), str(bad)))
+    return bad

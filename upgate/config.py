@@ -389,9 +389,20 @@ class Config(Section):
         return []
 
     def gated_components(self) -> dict[str, bool]:
-        return {"database": self.database.url is not None, "app": self.app is not None,
-                "monitoring": self.monitoring is not None, "hosts": bool(self.hosts), "models": bool(self.models),
-                "performance": self.performance is not None}
+        """Which components this config gates; the others' gates are skipped as not configured."""
+        return {
+            "database": self.database.url is not None,
+            "app": self.app is not None,
+            "migrate": self.migrate is not None,
+            "deploy": self.deploy is not None,
+            "models": bool(self.models),
+            "model_upgrade": self.model_upgrade is not None,
+            "monitoring": self.monitoring is not None,
+            "hosts": bool(self.hosts),
+            "performance": self.performance is not None,
+            "compat": self.compat is not None,
+            "contract": self.contract is not None,
+        }
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)

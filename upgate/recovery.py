@@ -5,7 +5,7 @@
     <Verdict.ROLLED_BACK: 'ROLLED_BACK'>
 
 The journal says what the run touched: the verified backup (its path and checksum), each migration
-as it committed, and whether the deploy started. From that the same rollback ladder runs as in
+as it committed, a model switch, and whether the deploy started. From that the same rollback ladder runs as in
 `upgate run`, and proves itself against the run's baseline.
 """
 
@@ -35,6 +35,7 @@ class Touched:
     deploy_started: bool
     deploy_undone: bool
     verdict: str | None
+    model_switch: dict[str, Any] | None = None
 
 
 def read_touched(records: list[dict[str, Any]]) -> Touched:
@@ -42,6 +43,7 @@ def read_touched(records: list[dict[str, Any]]) -> Touched:
     applied: list[str] = []
     deploy_started = deploy_undone = False
     verdict = None
+    model_switch: dict[str, Any] | None = None
     for r in records:
         step, event = r.get("step"), r.get("event")
         if step == "backup" and event == "end" and r.get("status") == "ok" and r.get("backup"):
@@ -56,9 +58,13 @@ def read_touched(records: list[dict[str, Any]]) -> Touched:
             deploy_started, deploy_undone = True, False
         elif step == "rollback:undo deploy" and event == "end" and r.get("status") == "ok":
             deploy_undone = True
+        elif step == "model switch" and event == "end" and r.get("status") == "ok":
+            model_switch = r.get("model_switch")
+        elif step == "rollback:swap model back" and event == "end" and r.get("status") == "ok":
+            model_switch = None
         elif step == "run" and event == "end":
             verdict = r.get("verdict")
-    return Touched(backup, applied, deploy_started, deploy_undone, verdict)
+    return Touched(backup, applied, deploy_started, deploy_undone, verdict, model_switch)
 
 
 def rollback_run(config: Config, run_folder: Path, options: RunOptions | None = None) -> RunOutcome:
@@ -75,6 +81,8 @@ def rollback_run(config: Config, run_folder: Path, options: RunOptions | None = 
         migrator.applied = list(touched.applied)
         migrator.on_change = lambda name, what: pipeline.journal.write("migrate", what, migration=name)
         pipeline.state.migrator = migrator
+    if config.model_upgrade and touched.model_switch:
+        pipeline._model_upgrader().resume(touched.model_switch)
     if config.deploy and touched.deploy_started and not touched.deploy_undone:
         pipeline.state.deployer = deployer_for(config.deploy, config.app, pipeline.run.logs,
                                                on_progress=lambda m: pipeline.console.step("deploy", m))

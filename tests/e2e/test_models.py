@@ -65,6 +65,14 @@ def test_model_within_thresholds_is_upgraded(target, tmp_path):
     models = [g for g in post["gates"] if "test_models.py" in g["nodeid"]]
     assert models and all(g["outcome"] == "passed" for g in models), models
 
+    # `upgate rollback` takes the upgraded model back from the journal alone.
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    back = subprocess.run([sys.executable, "-m", "upgate.cli", "rollback", "--config", str(target.config),
+                           "--run", str(run)], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert back.returncode == 20, back.stdout + back.stderr
+    assert hash_tree(live(target).resolve()) == hash_tree(cached_model("v1"))
+    assert served_model(target.base_url)["resolved"] == str(live(target).resolve())
+
 
 @pytest.mark.parametrize("target", ["model-regression"], indirect=True)
 def test_drifting_model_is_swapped_back(target, tmp_path):

@@ -206,5 +206,17 @@ class ModelUpgrader:
         self.say(f"swapped back: {self.live} is the backed-up model again (manifest verified)")
         return {"model_undo": dict(self.record)}
 
+    def resume(self, switch_record: dict[str, Any]) -> None:
+        """Take up a switch journaled by a run that died (for `upgate rollback`): undo can then run."""
+        manifest_file = self.backup_root / f"{self.cfg.model}.manifest.json"
+        if not manifest_file.exists():
+            raise StepFailed(f"{manifest_file}: the model backup manifest is missing; cannot undo the switch safely")
+        self.manifest = json.loads(manifest_file.read_text(encoding="utf-8"))["files"]
+        self.backup_copy = self.backup_root / self.cfg.model
+        self.previous = Path(switch_record["previous"])
+        self.mode = switch_record.get("mode", self.mode)
+        self.record.update(switch_record)
+        self.switched = True
+
     def to_json(self) -> dict[str, Any]:
         return dict(self.record)

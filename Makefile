@@ -9,7 +9,8 @@ ROWS   ?= 100000
 .PHONY: help venv demo demo-all test lint typecheck unit integration e2e bench clean report-tools
 
 help:
-	@echo "make demo      a real gated upgrade of the reference service (SCENARIO=good|destructive|broken-deploy|blocked)"
+	@echo "make demo      a real gated upgrade of the reference service (SCENARIO=good|destructive|broken-deploy|blocked|"
+	@echo "               slow|contract-break|locking|model-good|model-regression)"
 	@echo "make demo-all  every demo scenario, one after the other"
 	@echo "make test      lint, type check, and upgate's own tests (unit, integration on real PostgreSQL, e2e)"
 	@echo "make bench     benchmarks (bench/): integrity fingerprint throughput against the floor; perf A/A spread and Locust req/s"
@@ -39,6 +40,7 @@ test: lint typecheck report-tools
 
 bench: $(STAMP)
 	$(BIN)/python bench/integrity.py
+	$(BIN)/python bench/models.py
 	$(BIN)/python bench/perf.py
 
 # Best effort, never fatal: the allure npm package (Allure 3) into .tools/allure for `upgate report`'s HTML,

@@ -40,6 +40,8 @@ class Console:
         self._print(f"[{time.monotonic() - self.t0:6.1f}s] {name:<11} {message}")
 
     def gate(self, nodeid: str, outcome: str) -> None:
+        if outcome == "SKIPPED":  # counted in the phase line; reasons are in gates-<phase>.json and the report
+            return
         short = nodeid.split("gates/", 1)[-1]
         self._print(f"          {_MARKS.get(outcome, outcome):<5} {short}")
 

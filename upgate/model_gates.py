@@ -38,7 +38,8 @@ def parametrize_models(metafunc: pytest.Metafunc) -> None:
     if names:
         metafunc.parametrize("model_name", names)
     else:
-        metafunc.parametrize("model_name", [pytest.param(None, marks=pytest.mark.skip(reason=NOT_CONFIGURED))])
+        metafunc.parametrize("model_name", [pytest.param(None, marks=pytest.mark.skip(reason=NOT_CONFIGURED),
+                                                           id="no-models")])
 
 
 def prompts_of(model: ModelConfig) -> list[str]:

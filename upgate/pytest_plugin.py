@@ -407,5 +407,5 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if tables:
             metafunc.parametrize("gated_table", tables, scope="session")
         else:
-            metafunc.parametrize("gated_table", [pytest.param(None, marks=pytest.mark.skip(
+            metafunc.parametrize("gated_table", [pytest.param(None, id="no-tables", marks=pytest.mark.skip(
                 reason="no table to gate: database not configured, or no baseline fingerprints in the run folder"))])

@@ -1,0 +1,1 @@
+"""Diagnostics: what an operator would look at, gathered right after a gate or step failed."""

@@ -1,0 +1,1 @@
+"""Post-upgrade gates: the result proven against the baseline; in the rollback phase, the rollback proven."""

@@ -31,7 +31,7 @@ def add_commands(sub: Any) -> None:
     report.add_argument("--strict", action="store_true", help="exit 1 when the HTML report could not be built")
 
     history = sub.add_parser(
-        "history", help="past runs: success rate vs the 95 % target, downtime and rollback time, trends",
+        "history", help="past runs: success rate vs the 95 %% target, downtime and rollback time, trends",
         epilog="exit: 0 (also below target; use --fail-below to gate on it); 1 below target with --fail-below")
     history.add_argument("--reports", default="reports", help="folder holding runs/ (default: reports)")
     history.add_argument("--target", help="only runs of this target name")

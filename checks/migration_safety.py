@@ -15,6 +15,7 @@ transaction, so a table stays locked from the first statement that locks it to t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -294,11 +295,9 @@ def _live_rows(conn: psycopg.Connection, table: str) -> int:
 def _copy_sample(source: psycopg.Connection, clone: psycopg.Connection, table: str, rows: int) -> int:
     """Copy up to `rows` rows of `table` into the clone (triggers and foreign keys off where allowed)."""
     with clone.transaction():
-        try:
-            with clone.transaction():
-                clone.execute("SET LOCAL session_replication_role = replica")
-        except psycopg.Error:
-            pass  # not a superuser: foreign keys stay on; the copy may still succeed
+        # Not a superuser: foreign keys stay on; the copy may still succeed.
+        with contextlib.suppress(psycopg.Error), clone.transaction():
+            clone.execute("SET LOCAL session_replication_role = replica")
         out = sql.SQL("COPY (SELECT * FROM {} LIMIT {}) TO STDOUT (FORMAT binary)").format(
             _ident(table), sql.Literal(rows))
         into = sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(_ident(table))

@@ -21,7 +21,6 @@ from upgate.model_gates import (
     load_baseline,
     load_endpoint,
     model_folder,
-    parametrize_models,
     prompts_of,
     run_local,
     save_endpoint,
@@ -31,29 +30,6 @@ from upgate.model_gates import (
 pytestmark = pytest.mark.upgate_component("models")
 
 _runs: dict[str, object] = {}
-
-
-def pytest_generate_tests(metafunc):
-    parametrize_models(metafunc)
-
-
-@pytest.fixture
-def model(config, model_name):
-    return config.model(model_name)
-
-
-@pytest.fixture
-def local_model(model):
-    if model.path is None:
-        pytest.skip(f"model '{model.name}': local checkpoint not configured (models.path)")
-    return model
-
-
-@pytest.fixture
-def endpoint_model(model):
-    if model.endpoint is None:
-        pytest.skip(f"model '{model.name}': endpoint not configured (models.endpoint or its _URL variable)")
-    return model
 
 
 @pytest.fixture

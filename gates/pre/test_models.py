@@ -8,32 +8,9 @@ from __future__ import annotations
 import pytest
 
 from checks.inference import check_compatibility, check_endpoint, check_smoke, generate_over_http
-from upgate.model_gates import model_folder, parametrize_models, prompts_of, run_local, save_endpoint
+from upgate.model_gates import model_folder, prompts_of, run_local, save_endpoint
 
 pytestmark = pytest.mark.upgate_component("models")
-
-
-def pytest_generate_tests(metafunc):
-    parametrize_models(metafunc)
-
-
-@pytest.fixture
-def model(config, model_name):
-    return config.model(model_name)
-
-
-@pytest.fixture
-def local_model(model):
-    if model.path is None:
-        pytest.skip(f"model '{model.name}': local checkpoint not configured (models.path)")
-    return model
-
-
-@pytest.fixture
-def endpoint_model(model):
-    if model.endpoint is None:
-        pytest.skip(f"model '{model.name}': endpoint not configured (models.endpoint or its _URL variable)")
-    return model
 
 
 def test_model_checkpoint_is_compatible(local_model, evidence):

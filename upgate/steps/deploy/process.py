@@ -11,6 +11,7 @@ The started process outlives upgate (its own session); its output goes to the ru
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -25,12 +26,11 @@ from upgate.steps.deploy.base import Deployer
 
 def pid_alive(pid: int) -> bool:
     """True while pid runs; reaps it if it is our exited child, and treats other zombies as gone."""
-    try:
-        # Our child: alive until reaped (a threaded process shows "Z" before waitpid can reap it).
+    # Our child: alive until reaped (a threaded process shows "Z" before waitpid can reap it).
+    # Not our child (or already reaped): ask the kernel instead, below.
+    with contextlib.suppress(ChildProcessError):
         done, _ = os.waitpid(pid, os.WNOHANG)
         return done != pid
-    except ChildProcessError:
-        pass  # not our child (or already reaped): ask the kernel instead
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -19,7 +19,7 @@ import statistics
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,42 +85,38 @@ def measure_database(conn: psycopg.Connection) -> DatabaseSize:
 # --- disk for the backup ------------------------------------------------------------------------
 
 
+def _measured_runs(run_folders: Sequence[Path], target: str | None) -> Iterator[tuple[Path, dict[str, Any], int]]:
+    """Newest first: (run folder, its summary's backup record, the database bytes its pre-gates saw)."""
+    for folder in sorted(run_folders, reverse=True):
+        try:
+            summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+            measured = json.loads((folder / "baseline" / "resources.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if target is not None and summary.get("target") != target:
+            continue
+        database_bytes = measured.get("database", {}).get("total_bytes")
+        if database_bytes:
+            yield folder, summary.get("backup") or {}, int(database_bytes)
+
+
 def dump_ratio_from_runs(run_folders: Sequence[Path], target: str | None = None) -> tuple[float, str] | None:
     """(dump bytes / database bytes, the run folder it came from) from the newest run that measured both.
 
     A run measured both when its summary.json has a backup and its baseline/resources.json has the
     database size the pre-gates saw. `target` keeps only runs of that target (summary's "target").
     """
-    for folder in sorted(run_folders, reverse=True):
-        try:
-            summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-            measured = json.loads((folder / "baseline" / "resources.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if target is not None and summary.get("target") != target:
-            continue
-        backup = summary.get("backup") or {}
-        size = backup.get("size_bytes")
-        database_bytes = measured.get("database", {}).get("total_bytes")
-        if size and database_bytes:
-            return float(size) / float(database_bytes), str(folder)
+    for folder, backup, database_bytes in _measured_runs(run_folders, target):
+        if backup.get("size_bytes"):
+            return float(backup["size_bytes"]) / float(database_bytes), str(folder)
     return None
 
 
 def dump_speed_from_runs(run_folders: Sequence[Path], target: str | None = None) -> tuple[float, str] | None:
     """(database bytes dumped and verified per second, run folder) from the newest run with a backup."""
-    for folder in sorted(run_folders, reverse=True):
-        try:
-            summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-            measured = json.loads((folder / "baseline" / "resources.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if target is not None and summary.get("target") != target:
-            continue
-        backup = summary.get("backup") or {}
+    for folder, backup, database_bytes in _measured_runs(run_folders, target):
         seconds = float(backup.get("dump_s") or 0) + float(backup.get("verify_s") or 0)
-        database_bytes = measured.get("database", {}).get("total_bytes")
-        if seconds > 0 and database_bytes:
+        if seconds > 0:
             return float(database_bytes) / seconds, str(folder)
     return None
 

@@ -10,13 +10,13 @@ import pytest
 from checks.inference import (
     check_compatibility,
     check_divergence,
-    check_endpoint,
     check_exact_match,
     check_latency,
     check_perplexity,
     check_smoke,
     generate_over_http,
 )
+from gates.pre.test_models import test_model_endpoint_answers  # noqa: E402, F401  (the same gate, run again)
 from upgate.model_gates import (
     load_baseline,
     load_endpoint,
@@ -92,14 +92,6 @@ def test_latency_within_threshold(local_model, baseline, current, thresholds, ev
     result = check_latency(baseline.latencies_s, current.latencies_s, thresholds.max_latency_ratio,
                            local_model.name)
     evidence("latency", result)
-    assert result.ok, result.summary
-
-
-def test_model_endpoint_answers(endpoint_model, evidence):
-    m = endpoint_model
-    result = check_endpoint(m.endpoint, prompts_of(m)[0], m.health_path, m.generate_path, m.max_new_tokens,
-                            m.timeout_s, m.name)
-    evidence("endpoint", result)
     assert result.ok, result.summary
 
 

@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 
-from upgate.demo import DemoTarget, start_target, stop_target
-from upgate.embedded import PostgresServer
+from tests.e2e.support import run_upgate
 
 pytestmark = pytest.mark.e2e
 
 ROWS = 3000
-
-
-def upgate_run(target: DemoTarget, tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], dict]:
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    proc = subprocess.run([sys.executable, "-m", "upgate.cli", "run", "--config", str(target.config),
-                           "--reports", str(tmp_path / "reports")], cwd=tmp_path, capture_output=True, text=True,
-                          env=env, timeout=600)
-    run_dir = sorted((tmp_path / "reports" / "runs").iterdir())[-1]
-    return proc, json.loads((run_dir / "summary.json").read_text())
 
 
 def log_item(base_url: str) -> dict:
@@ -44,19 +29,10 @@ def tokens_type(url: str) -> str:
     return str(row[0])
 
 
-@pytest.fixture
-def target(request: pytest.FixtureRequest, pg_server: PostgresServer, tmp_path: Path) -> Iterator[DemoTarget]:
-    started = start_target(request.param, pg_server, tmp_path, rows=ROWS)
-    try:
-        yield started
-    finally:
-        stop_target(started, pg_server)
-
-
 @pytest.mark.parametrize("target", ["contract-break"], indirect=True)
 def test_contract_break_is_rolled_back(target, tmp_path):
     assert "content" in log_item(target.base_url)
-    proc, summary = upgate_run(target, tmp_path)
+    proc, summary = run_upgate(target, tmp_path)
     assert proc.returncode == 20, proc.stdout + proc.stderr
     failures = summary["gates"]["post"]["failures"]
     assert [f["nodeid"].split("::")[-1] for f in failures] == ["test_no_field_removed"]
@@ -72,7 +48,7 @@ def test_locking_rewrite_over_budget_is_blocked(target, tmp_path):
     # The plan's budget is set for the demo's 100k rows; at the test's 3k rows, scale it down with the table.
     config = target.config.read_text()
     target.config.write_text(re.sub(r"(?m)^lock_budget_s = .*$", "lock_budget_s = 0.0005", config))
-    proc, summary = upgate_run(target, tmp_path)
+    proc, summary = run_upgate(target, tmp_path)
     assert proc.returncode == 10, proc.stdout + proc.stderr
     assert "002_widen_tokens.up.sql holds ACCESS EXCLUSIVE on episodic_logs for ~" in proc.stdout
     assert "> lock budget 0.0005 s" in proc.stdout

@@ -5,19 +5,17 @@ Each outcome is checked independently: which release the live folder points at, 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fixtures.tiny_model import cached_model
-from upgate.demo import DemoTarget, start_target, stop_target
-from upgate.embedded import PostgresServer
+from tests.e2e.support import run_upgate, upgate
+from upgate.demo import DemoTarget
 from upgate.steps.model_upgrade import hash_tree
 
 pytestmark = pytest.mark.e2e
@@ -34,24 +32,6 @@ def live(target: DemoTarget) -> Path:
     return target.folder / "models" / "tiny-gpt"
 
 
-def run_upgate(target: DemoTarget, tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], dict]:
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    proc = subprocess.run([sys.executable, "-m", "upgate.cli", "run", "--config", str(target.config),
-                           "--reports", str(tmp_path / "reports")], cwd=tmp_path, capture_output=True, text=True,
-                          env=env, timeout=600)
-    runs = sorted((tmp_path / "reports" / "runs").iterdir())
-    return proc, json.loads((runs[-1] / "summary.json").read_text())
-
-
-@pytest.fixture
-def target(request: pytest.FixtureRequest, pg_server: PostgresServer, tmp_path: Path) -> Iterator[DemoTarget]:
-    started = start_target(request.param, pg_server, tmp_path, rows=ROWS)
-    try:
-        yield started
-    finally:
-        stop_target(started, pg_server)
-
-
 @pytest.mark.parametrize("target", ["model-good"], indirect=True)
 def test_model_within_thresholds_is_upgraded(target, tmp_path):
     proc, summary = run_upgate(target, tmp_path)
@@ -66,9 +46,7 @@ def test_model_within_thresholds_is_upgraded(target, tmp_path):
     assert models and all(g["outcome"] == "passed" for g in models), models
 
     # `upgate rollback` takes the upgraded model back from the journal alone.
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    back = subprocess.run([sys.executable, "-m", "upgate.cli", "rollback", "--config", str(target.config),
-                           "--run", str(run)], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    back = upgate("rollback", "--config", str(target.config), "--run", str(run), cwd=tmp_path)
     assert back.returncode == 20, back.stdout + back.stderr
     assert hash_tree(live(target).resolve()) == hash_tree(cached_model("v1"))
     assert served_model(target.base_url)["resolved"] == str(live(target).resolve())

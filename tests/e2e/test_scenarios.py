@@ -4,18 +4,15 @@ of upgate's own report (the table contents against what was seeded, the schema, 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from upgate.demo import DemoTarget, start_target, stop_target
-from upgate.embedded import PostgresServer
+from tests.e2e.support import run_upgate, upgate
 
 pytestmark = pytest.mark.e2e
 
@@ -39,29 +36,6 @@ def columns(url: str) -> set[str]:
 def serving_build(base_url: str) -> str:
     with urllib.request.urlopen(base_url + "/health", timeout=5) as resp:
         return str(json.loads(resp.read())["build"])
-
-
-def upgate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    return subprocess.run([sys.executable, "-m", "upgate.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env=env, timeout=600)
-
-
-@pytest.fixture
-def target(request: pytest.FixtureRequest, pg_server: PostgresServer, tmp_path: Path) -> Iterator[DemoTarget]:
-    scenario = request.param
-    started = start_target(scenario, pg_server, tmp_path, rows=ROWS)
-    try:
-        yield started
-    finally:
-        stop_target(started, pg_server)
-
-
-def run_upgate(target: DemoTarget, tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], dict]:
-    proc = upgate("run", "--config", str(target.config), "--reports", str(tmp_path / "reports"), cwd=tmp_path)
-    runs = sorted((tmp_path / "reports" / "runs").iterdir())
-    summary = json.loads((runs[-1] / "summary.json").read_text())
-    return proc, summary
 
 
 @pytest.mark.parametrize("target", ["good"], indirect=True)

@@ -30,10 +30,10 @@ demo-all: $(STAMP)
 	for s in good destructive broken-deploy blocked slow contract-break locking model-good model-regression; do $(BIN)/upgate demo --scenario $$s --rows $(ROWS); echo "exit $$?"; done
 
 lint: $(STAMP)
-	$(BIN)/ruff check upgate checks gates fixtures tests bench loadtests
+	$(BIN)/ruff check upgate tests bench
 
 typecheck: $(STAMP)
-	$(BIN)/mypy upgate checks
+	$(BIN)/mypy upgate
 
 test: lint typecheck report-tools
 	$(BIN)/python -m pytest tests -q

@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from checks.integrity import compare_fingerprints, fingerprint_table
-from upgate.embedded import PostgresServer, postgres_server
+from upgate.checks.integrity import compare_fingerprints, fingerprint_table
+from upgate.embedded.postgres import PostgresServer, postgres_server
 
 TABLE = "episodic_logs"
 FAULTS_PER_KIND = 250

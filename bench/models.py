@@ -36,8 +36,8 @@ def pytest_run(args: list[str]) -> str:
 
 
 def main() -> None:
-    from checks.inference import check_compatibility, load_prompts, run_model
-    from fixtures.tiny_model import PROMPTS, REFERENCE_TEXT, cached_model
+    from upgate.checks.inference import check_compatibility, load_prompts, run_model
+    from upgate.fixtures.tiny_model import PROMPTS, REFERENCE_TEXT, cached_model
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

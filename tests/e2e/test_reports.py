@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from fixtures.pushgateway import PushgatewayServer
-from upgate.audit import read_audit, verify_chain
-from upgate.demo import start_target, stop_target
-from upgate.embedded import PostgresServer
-from upgate.report import find_allure, read_properties
+from upgate.embedded.postgres import PostgresServer
+from upgate.fixtures.demo import start_target, stop_target
+from upgate.fixtures.pushgateway import PushgatewayServer
+from upgate.reporting.audit import read_audit, verify_chain
+from upgate.reporting.report import find_allure, read_properties
 
 pytestmark = pytest.mark.e2e
 

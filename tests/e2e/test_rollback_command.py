@@ -14,7 +14,7 @@ import pytest
 
 from tests.e2e.support import upgate
 from tests.e2e.test_scenarios import V2_COLUMNS, columns, rows_digest, serving_build
-from upgate.demo import start_target, stop_target
+from upgate.fixtures.demo import start_target, stop_target
 
 pytestmark = pytest.mark.e2e
 

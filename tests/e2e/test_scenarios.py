@@ -99,7 +99,7 @@ def test_blocked_plan_touches_nothing(target, tmp_path):
 @pytest.mark.parametrize("target", ["good"], indirect=True)
 def test_gates_run_by_hand_against_the_target(target, tmp_path):
     run_dir = tmp_path / "by-hand"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "gates/pre", "--upgate-config", str(target.config),
+    proc = subprocess.run([sys.executable, "-m", "pytest", "upgate/gates/pre", "--upgate-config", str(target.config),
                            "--upgate-run-dir", str(run_dir), "-q"], cwd=Path(__file__).parents[2],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

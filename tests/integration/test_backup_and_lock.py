@@ -5,9 +5,9 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from upgate.embedded import find_pg_tool
+from upgate.core.lock import LockBusy, LockUnavailable, run_lock
+from upgate.embedded.postgres import find_pg_tool
 from upgate.errors import StepFailed
-from upgate.lock import LockBusy, LockUnavailable, run_lock
 from upgate.steps.backup import restore_backup, take_backup, verify_backup
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from checks.contract import Contract, compare_recorded, record_contract
-from fixtures.reference import PLANS, apply_sql_file, free_port, start_service, stop_pid, wait_ready
-from fixtures.seed import create_schema, seed
+from upgate.checks.contract import Contract, compare_recorded, record_contract
+from upgate.fixtures.reference import PLANS, apply_sql_file, free_port, start_service, stop_pid, wait_ready
+from upgate.fixtures.seed import create_schema, seed
 
 ENDPOINTS = ["/health", "/logs?limit=5", "/logs/1"]
 

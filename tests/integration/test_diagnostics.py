@@ -9,7 +9,7 @@ import time
 
 import psycopg
 
-from checks.diagnostics import (
+from upgate.checks.diagnostics import (
     connection_headroom,
     failed_gates,
     lock_waits,

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fixtures.reference import free_port
+from upgate.fixtures.reference import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,8 +27,8 @@ def run_gates(tmp_path: Path, config: str, *paths: str) -> dict[str, dict]:
 
 
 def test_unconfigured_components_are_skipped_with_the_reason(tmp_path):
-    gates = run_gates(tmp_path, '[target]\nname = "svc"\n', "gates/pre/test_monitoring.py", "gates/pre/test_hosts.py",
-                      "gates/pre/test_resources.py")
+    gates = run_gates(tmp_path, '[target]\nname = "svc"\n', "upgate/gates/pre/test_monitoring.py", "upgate/gates/pre/test_hosts.py",
+                      "upgate/gates/pre/test_resources.py")
     assert gates["test_redis_answers"]["outcome"] == "skipped"
     assert "redis not configured" in gates["test_redis_answers"]["message"]
     assert "prometheus not configured" in gates["test_prometheus_answers"]["message"]
@@ -58,7 +58,7 @@ spec = "local://"
 ports = [{dead}]
 processes = ["no-such-daemon-xyz"]
 """
-    gates = run_gates(tmp_path, config, "gates/pre/test_monitoring.py", "gates/pre/test_hosts.py")
+    gates = run_gates(tmp_path, config, "upgate/gates/pre/test_monitoring.py", "upgate/gates/pre/test_hosts.py")
     redis = gates["test_redis_answers"]
     assert redis["outcome"] == "failed" and f"127.0.0.1:{dead}" in redis["message"] and "s3cret" not in redis["message"]
     assert gates["test_prometheus_answers"]["outcome"] == "failed"
@@ -74,7 +74,7 @@ def test_diagnostics_gates_attach_evidence(tmp_path, pg_url):
     log = tmp_path / "service.log"
     log.write_text("started\nERROR something broke\n")
     config = f'[target]\nname = "svc"\n\n[database]\nurl = "{pg_url}"\n\n[diagnostics]\nlog_files = ["service.log"]\n'
-    gates = run_gates(tmp_path, config, "gates/diagnostics")
+    gates = run_gates(tmp_path, config, "upgate/gates/diagnostics")
     assert gates["test_no_long_transaction"]["outcome"] == "passed"
     assert gates["test_connection_headroom"]["outcome"] == "passed"
     assert gates["test_service_log_tail"]["outcome"] == "passed"

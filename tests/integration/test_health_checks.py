@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from checks.health import check_database, probe_http
+from upgate.checks.health import check_database, probe_http
 
 
 def free_port() -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from checks.hosts import (
+from upgate.checks.hosts import (
     FileExpectation,
     MountExpectation,
     PackageExpectation,
@@ -23,8 +23,8 @@ from checks.hosts import (
     check_services,
     connect_host,
 )
-from fixtures.reference import free_port, start_service, stop_pid, wait_ready
-from fixtures.seed import create_schema, seed
+from upgate.fixtures.reference import free_port, start_service, stop_pid, wait_ready
+from upgate.fixtures.seed import create_schema, seed
 
 
 @dataclass
@@ -61,10 +61,10 @@ def test_local_host_answers(host):
 
 
 def test_reference_service_process_found_and_absent_one_named(host, service):
-    result = check_processes(host, ["fixtures.service", f"--port {service.port}"], "local")
+    result = check_processes(host, ["upgate.fixtures.service", f"--port {service.port}"], "local")
     assert result.ok, result.summary
-    assert service.pid in result.evidence["running"]["fixtures.service"]
-    missing = check_processes(host, ["fixtures.service", "no-such-daemon-xyz"], "local")
+    assert service.pid in result.evidence["running"]["upgate.fixtures.service"]
+    missing = check_processes(host, ["upgate.fixtures.service", "no-such-daemon-xyz"], "local")
     assert not missing.ok and "'no-such-daemon-xyz'" in missing.summary
 
 

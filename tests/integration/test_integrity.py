@@ -10,7 +10,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from checks.integrity import (
+from upgate.checks.integrity import (
     Fingerprint,
     compare_fingerprints,
     fingerprint_and_compare,

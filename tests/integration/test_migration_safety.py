@@ -12,13 +12,18 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from checks.migration_safety import app_blocking, estimate_lock_holds, lint_migrations, mentioned_tables
-from checks.migrations import apply_migration_file, load_migrations
-from fixtures.reference import PLANS, start_service, stop_pid, wait_ready
-from fixtures.reference import free_port as pick_port
-from fixtures.seed import create_schema, seed
-from upgate.embedded import find_pg_tool
-from upgate.probe import DowntimeProber
+from upgate.checks.migration_safety import (
+    app_blocking,
+    estimate_lock_holds,
+    lint_migrations,
+    mentioned_tables,
+)
+from upgate.checks.migrations import apply_migration_file, load_migrations
+from upgate.core.probe import DowntimeProber
+from upgate.embedded.postgres import find_pg_tool
+from upgate.fixtures.reference import PLANS, start_service, stop_pid, wait_ready
+from upgate.fixtures.reference import free_port as pick_port
+from upgate.fixtures.seed import create_schema, seed
 
 LOCKING = Path(PLANS) / "locking" / "migrations"
 SQUAWK = str(Path(sys.executable).with_name("squawk")) if Path(sys.executable).with_name("squawk").exists() \

@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from checks.migrations import MigrationFailed, MigrationLockTimeout, apply_migration_file
+from upgate.checks.migrations import MigrationFailed, MigrationLockTimeout, apply_migration_file
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from checks.inference import (
+from upgate.checks.inference import (
     DriftThresholds,
     ModelOutputs,
     check_compatibility,
@@ -27,10 +27,10 @@ from checks.inference import (
     load_prompts,
     run_model,
 )
-from fixtures.reference import free_port, start_service, stop_pid, wait_ready
-from fixtures.tiny_model import PROMPTS, REFERENCE_TEXT, cached_model
 from upgate.config import ModelUpgradeConfig
 from upgate.errors import StepFailed
+from upgate.fixtures.reference import free_port, start_service, stop_pid, wait_ready
+from upgate.fixtures.tiny_model import PROMPTS, REFERENCE_TEXT, cached_model
 from upgate.steps.model_upgrade import ModelUpgrader, hash_tree
 
 ROOT = Path(__file__).parents[2]
@@ -48,7 +48,7 @@ def baseline(prompts) -> ModelOutputs:
 
 def test_compatible_checkpoint_passes_without_importing_torch():
     folder = cached_model("v1")
-    code = ("import sys; from pathlib import Path; from checks.inference import check_compatibility; "
+    code = ("import sys; from pathlib import Path; from upgate.checks.inference import check_compatibility; "
             f"r = check_compatibility(Path({str(folder)!r})); print(r.ok, 'torch' in sys.modules, r.summary)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.startswith("True False "), out
@@ -108,7 +108,7 @@ def test_embedding_task_compares_by_cosine(prompts):
 
 
 def test_reference_service_generate_matches_local_greedy(pg_url, tmp_path, baseline, prompts):
-    from fixtures.seed import create_schema
+    from upgate.fixtures.seed import create_schema
 
     create_schema(pg_url)
     port = free_port()
@@ -132,7 +132,7 @@ def test_reference_service_generate_matches_local_greedy(pg_url, tmp_path, basel
 
 
 def test_endpoint_without_model_or_down_fails_naming_it(pg_url, tmp_path):
-    from fixtures.seed import create_schema
+    from upgate.fixtures.seed import create_schema
 
     create_schema(pg_url)
     port = free_port()

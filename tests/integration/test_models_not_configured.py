@@ -23,7 +23,7 @@ def test_pre_gates_without_models_skip_and_never_import_torch(tmp_path):
     config = tmp_path / "upgate.toml"
     config.write_text('[target]\nname = "svc"\n')
     run_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-c", PROBE, "gates/pre", "--upgate-config", str(config),
+    proc = subprocess.run([sys.executable, "-c", PROBE, "upgate/gates/pre", "--upgate-config", str(config),
                            "--upgate-run-dir", str(run_dir), "-q", "-p", "no:cacheprovider"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert "HEAVY none" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]

@@ -8,10 +8,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from checks.monitoring import check_metrics, check_prometheus, check_redis
-from fixtures.prometheus import start_prometheus
-from fixtures.reference import free_port
-from fixtures.service.metrics import CONTENT_TYPE, Metrics
+from upgate.checks.monitoring import check_metrics, check_prometheus, check_redis
+from upgate.fixtures.prometheus import start_prometheus
+from upgate.fixtures.reference import free_port
+from upgate.fixtures.service.metrics import CONTENT_TYPE, Metrics
 
 
 def serve_text(body: str, content_type: str = CONTENT_TYPE) -> tuple[ThreadingHTTPServer, str]:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from checks.perf import LoadProfile, LoadRunFailed, run_load
-from fixtures.reference import free_port, start_service, stop_pid, wait_ready
-from fixtures.seed import create_schema, seed
+from upgate.checks.perf import LoadProfile, LoadRunFailed, run_load
+from upgate.fixtures.reference import free_port, start_service, stop_pid, wait_ready
+from upgate.fixtures.seed import create_schema, seed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,10 +106,10 @@ pidfile = "{service.pidfile}"
 
 def gates(phase: str, config: Path, run_dir: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pytest", str(ROOT / "gates" / phase / "test_performance.py"), "--upgate-config",
+        [sys.executable, "-m", "pytest", str(ROOT / "upgate" / "gates" / phase / "test_performance.py"), "--upgate-config",
          str(config), "--upgate-run-dir", str(run_dir), "--upgate-phase", phase, "-p", "no:cacheprovider",
-         "--import-mode=importlib", "--rootdir", str(ROOT / "gates"), "-q", "-rs"],
-        cwd=ROOT / "gates", capture_output=True, text=True, timeout=300)
+         "--import-mode=importlib", "--rootdir", str(ROOT / "upgate" / "gates"), "-q", "-rs"],
+        cwd=ROOT / "upgate" / "gates", capture_output=True, text=True, timeout=300)
 
 
 def test_aa_run_through_the_gates_passes(service, tmp_path):

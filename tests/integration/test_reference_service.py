@@ -19,7 +19,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from fixtures.reference import (
+from upgate.embedded.postgres import PostgresServer
+from upgate.fixtures.reference import (
     PLANS,
     SCENARIO_BUILDS,
     SCENARIOS,
@@ -32,9 +33,8 @@ from fixtures.reference import (
     stop_pid,
     wait_ready,
 )
-from fixtures.seed import create_schema, seed
-from fixtures.service import V1_COLUMNS, V2_COLUMNS
-from upgate.embedded import PostgresServer
+from upgate.fixtures.seed import create_schema, seed
+from upgate.fixtures.service import V1_COLUMNS, V2_COLUMNS
 
 
 @dataclass

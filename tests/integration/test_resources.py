@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
-from checks.resources import (
+from upgate.checks.resources import (
     check_database_latency,
     check_estimate,
     check_http_latency,
@@ -13,8 +13,8 @@ from checks.resources import (
     measure_database,
     measure_throughput,
 )
-from fixtures.reference import free_port
-from fixtures.seed import create_schema, seed
+from upgate.fixtures.reference import free_port
+from upgate.fixtures.seed import create_schema, seed
 
 
 def test_sizes_throughput_and_estimate_from_this_target(pg_url):

@@ -9,9 +9,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from checks.migrations import load_migrations
-from checks.schema import DryRun, SchemaSnapshot, diff_schemas, dry_run_migration, snapshot_schema
-from upgate.embedded import PostgresServer, find_pg_tool
+from upgate.checks.migrations import load_migrations
+from upgate.checks.schema import DryRun, SchemaSnapshot, diff_schemas, dry_run_migration, snapshot_schema
+from upgate.embedded.postgres import PostgresServer, find_pg_tool
 
 ORIGINAL_SCHEMA = """
 CREATE TABLE episodic_logs (

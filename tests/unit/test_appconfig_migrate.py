@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from checks.appconfig import ConfigSpec, Rule, apply_rules, load_config_file, validate_config
+from upgate.checks.appconfig import ConfigSpec, Rule, apply_rules, load_config_file, validate_config
 from upgate.cli import main
-from upgate.configmigrate import migrate_config_file
+from upgate.steps.config_migrate import migrate_config_file
 
 # The guide's example: connection_string becomes url, every model gets a timeout, legacy_timeout moves.
 RULES = """

@@ -6,8 +6,8 @@ import json
 import threading
 from pathlib import Path
 
-from upgate.audit import GENESIS, AuditLog, read_audit, verify_chain
-from upgate.journal import Journal
+from upgate.core.journal import Journal
+from upgate.reporting.audit import GENESIS, AuditLog, read_audit, verify_chain
 
 
 def test_every_line_names_who_when_where_and_chains_to_the_previous(tmp_path: Path):

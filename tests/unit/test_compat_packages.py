@@ -8,7 +8,7 @@ import sys
 import pytest
 from packaging.specifiers import SpecifierSet
 
-from checks.compat import (
+from upgate.checks.compat import (
     Distribution,
     Environment,
     check_candidate,

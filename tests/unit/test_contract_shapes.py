@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from checks.contract import Contract, compare_contracts, compare_recorded, openapi_shapes, shape_of
+from upgate.checks.contract import Contract, compare_contracts, compare_recorded, openapi_shapes, shape_of
 
 V1_ITEM = {"id": 1, "content": "hello", "tokens": 3, "metadata": {"retry": False}, "score": None}
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from upgate.history import format_table, load_history, trend
+from upgate.reporting.history import format_table, load_history, trend
 
 
 def make_runs(reports: Path, verdicts: list[str], downtimes: list[float]) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from checks.integrity import Fingerprint, compare_fingerprints
+from upgate.checks.integrity import Fingerprint, compare_fingerprints
 
 COLUMNS = ["id", "agent", "content"]
 

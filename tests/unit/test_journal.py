@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from upgate.journal import Journal
+from upgate.core.journal import Journal
 
 
 def test_step_writes_start_and_end(tmp_path):

@@ -14,9 +14,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from fixtures.pushgateway import PushgatewayServer
-from upgate.loadstats import LoadRun
-from upgate.metrics import METRIC_NAMES, build_registry, push, write_textfile, written_names
+from upgate.fixtures.pushgateway import PushgatewayServer
+from upgate.reporting.loadstats import LoadRun
+from upgate.reporting.metrics import METRIC_NAMES, build_registry, push, write_textfile, written_names
 
 RULES = Path(__file__).resolve().parents[2] / "monitoring" / "upgate-alerts.yml"
 

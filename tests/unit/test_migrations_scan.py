@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from checks.migrations import Migration, load_migrations, scan_statements, split_statements
+from upgate.checks.migrations import Migration, load_migrations, scan_statements, split_statements
 
 
 def write(folder: Path, files: dict[str, str]) -> Path:

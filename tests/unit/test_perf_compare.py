@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from checks.perf import (
+from upgate.checks.perf import (
     LatencyPolicy,
     Limits,
     LoadProfile,

@@ -9,7 +9,7 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-GATES = Path(__file__).resolve().parents[2] / "gates"
+GATES = Path(__file__).resolve().parents[2] / "upgate" / "gates"
 
 
 def test_unconfigured_components_are_skipped_with_the_reason(pytester: pytest.Pytester) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import http.server
 import threading
 
-from upgate.probe import DowntimeProber, Probe, summarise
+from upgate.core.probe import DowntimeProber, Probe, summarise
 
 
 def p(t: float, ok: bool, cycle: int, url: str = "u") -> Probe:

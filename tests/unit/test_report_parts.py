@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from upgate.charts import render_downtime, render_latency
-from upgate.loadstats import load_load_runs
-from upgate.report import (
+from upgate.core.runs import RunDir
+from upgate.reporting.charts import render_downtime, render_latency
+from upgate.reporting.loadstats import load_load_runs
+from upgate.reporting.report import (
     categorize,
     ensure_summary,
     environment,
@@ -21,7 +22,6 @@ from upgate.report import (
     write_junit,
     write_run_result,
 )
-from upgate.runs import RunDir
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

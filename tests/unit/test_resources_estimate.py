@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from checks.resources import (
+from upgate.checks.resources import (
     DatabaseSize,
     TableSize,
     Throughput,

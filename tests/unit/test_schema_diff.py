@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from checks.schema import SchemaSnapshot, diff_schemas, find_destructive, preserved_columns, type_widens
+from upgate.checks.schema import (
+    SchemaSnapshot,
+    diff_schemas,
+    find_destructive,
+    preserved_columns,
+    type_widens,
+)
 
 
 def col(type_: str, nullable: bool = True, default: str | None = None) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from checks.secrets import redact
+from upgate.checks.secrets import redact
 from upgate.errors import StepFailed
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from checks.inference import check_compatibility
+from upgate.checks.inference import check_compatibility
 from upgate.config import ModelUpgradeConfig
 from upgate.errors import StepFailed
 

@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from checks.secrets import redact
+from upgate.checks.secrets import redact
 from upgate.config import AppConfig, DeployConfig
 from upgate.errors import StepFailed
 from upgate.steps.deploy.base import Deployer

@@ -3,8 +3,8 @@
     [deploy]
     kind = "process"
     pidfile = "run/service.pid"
-    start = ["python", "-m", "fixtures.service", "--build", "v2", ...]
-    previous = ["python", "-m", "fixtures.service", "--build", "v1", ...]
+    start = ["python", "-m", "upgate.fixtures.service", "--build", "v2", ...]
+    previous = ["python", "-m", "upgate.fixtures.service", "--build", "v1", ...]
 
 The started process outlives upgate (its own session); its output goes to the run's logs folder.
 """

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import psycopg
 
-from checks.migrations import (
+from upgate.checks.migrations import (
     Migration,
     MigrationFailed,
     MigrationLockTimeout,
     apply_migration_file,
     load_migrations,
 )
-from checks.secrets import redact
+from upgate.checks.secrets import redact
 from upgate.config import MigrateConfig
 from upgate.errors import StepFailed
 from upgate.steps.migrate.base import Migrator

@@ -1,5 +1,0 @@
-"""Pure check functions: inputs in, a structured result out. No pytest, no config, no globals."""
-
-from checks.result import CheckResult
-
-__all__ = ["CheckResult"]

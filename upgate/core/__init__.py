@@ -1,0 +1,1 @@
+"""The pipeline core: the run loop, journal, lock, run folder, downtime prober, gate runner."""

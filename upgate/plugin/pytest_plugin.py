@@ -1,0 +1,411 @@
+"""The gate fixtures and options: config, run folder, phase, evidence, baseline. No check logic here.
+
+    $ pytest gates/pre --upgate-config upgate.toml                  # a new run folder under reports/runs/
+    $ pytest gates/post --upgate-config upgate.toml                 # the latest run folder's baseline
+    $ pytest gates/post --upgate-run-dir reports/runs/<id> --upgate-phase rollback
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from upgate.checks.result import CheckResult
+from upgate.checks.secrets import redact
+from upgate.config import AppConfig, Config, HostConfig, MonitoringConfig, find_config_path, load_config
+from upgate.core.runs import RunDir
+from upgate.errors import ConfigError
+
+if TYPE_CHECKING:
+    from upgate.checks.migrations import Migration
+    from upgate.checks.perf import LoadProfile
+    from upgate.checks.schema import DryRun
+
+PHASES = ("pre", "post", "rollback", "diagnostics")
+
+_results_key = pytest.StashKey[list[dict[str, Any]]]()
+_evidence_key = pytest.StashKey[dict[str, list[str]]]()
+_run_key = pytest.StashKey[RunDir]()
+_phase_key = pytest.StashKey[str]()
+_started_key = pytest.StashKey[float]()
+_config_key = pytest.StashKey[Config]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("upgate", "upgate gates")
+    group.addoption("--upgate-config", default=None, help="upgate.toml to gate against (else UPGATE_CONFIG, ./upgate.toml)")
+    group.addoption("--upgate-run-dir", default=None,
+                    help="run folder for baseline and evidence (pre: a new one; post: the latest one)")
+    group.addoption("--upgate-reports", default="reports", help="reports folder holding runs/ (default: reports)")
+    group.addoption("--upgate-phase", default=None, choices=PHASES,
+                    help="pre, post or rollback (post gates verifying a rollback against the baseline)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_results_key] = []
+    config.stash[_evidence_key] = {}
+    config.addinivalue_line("markers", "upgate_component(name): the component a gate checks (for the report)")
+    gating = config.getoption("upgate_config") is not None or any(
+        _phase_of(Path(str(a).split("::")[0]).resolve()) for a in config.args)
+    if gating:
+        # Validate now, so a bad file is one clean "ERROR:" line instead of an error per gate.
+        path = find_config_path(config.getoption("upgate_config"))
+        try:
+            config.stash[_config_key] = load_config(path)
+        except ConfigError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        config.stash[_phase_key] = _phase_from_args(config)
+        config.stash[_run_key] = _resolve_run_dir(config, config.stash[_phase_key])
+
+
+def _phase_of(item_path: Path) -> str | None:
+    parts = item_path.parts
+    if "gates" in parts:
+        idx = len(parts) - 1 - parts[::-1].index("gates")
+        if idx + 1 < len(parts) and parts[idx + 1] in ("pre", "post", "diagnostics"):
+            return parts[idx + 1]
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    explicit = config.getoption("upgate_phase")
+    for item in items:
+        folder_phase = _phase_of(Path(str(item.path)))
+        if folder_phase is None:
+            continue
+        phase = explicit or folder_phase
+        family = Path(str(item.path)).stem.removeprefix("test_")
+        item.add_marker(pytest.mark.allure_label(phase, label_type="epic"))
+        item.add_marker(pytest.mark.allure_label(family, label_type="feature"))
+        item.add_marker(pytest.mark.allure_label(phase, label_type="parentSuite"))
+        component = item.get_closest_marker("upgate_component")
+        story = component.args[0] if component and component.args else family
+        item.add_marker(pytest.mark.allure_label(story, label_type="story"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Allure: the phase is a parameter, so a post gate and its re-run proving a rollback are two tests
+    in the report (not one test and its retry)."""
+    phase = item.config.stash.get(_phase_key, None)
+    if phase is None or _phase_of(Path(str(item.path))) is None:
+        return
+    try:
+        import allure
+
+        allure.dynamic.parameter("phase", phase)
+    except Exception:  # allure-pytest not active: nothing to label
+        pass
+
+
+# --- session fixtures ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def config(pytestconfig: pytest.Config) -> Config:
+    """The validated upgate.toml; a bad file stops the session with one clean error line."""
+    if _config_key in pytestconfig.stash:
+        return pytestconfig.stash[_config_key]
+    path = find_config_path(pytestconfig.getoption("upgate_config"))
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def _phase_from_args(config: pytest.Config) -> str:
+    explicit = config.getoption("upgate_phase", None)
+    if explicit:
+        return str(explicit)
+    for arg in config.args:
+        found = _phase_of(Path(arg.split("::")[0]).resolve())
+        if found:
+            return found
+    return "pre"
+
+
+@pytest.fixture(scope="session")
+def phase(pytestconfig: pytest.Config) -> str:
+    """pre, post, or rollback (the post gates proving a rollback against the baseline)."""
+    if _phase_key not in pytestconfig.stash:
+        pytestconfig.stash[_phase_key] = _phase_from_args(pytestconfig)
+    return pytestconfig.stash[_phase_key]
+
+
+@pytest.fixture(scope="session")
+def run_dir(pytestconfig: pytest.Config, phase: str) -> RunDir:
+    """The run folder: --upgate-run-dir, else a new one for pre and the latest one for post."""
+    if _run_key not in pytestconfig.stash:
+        pytestconfig.stash[_run_key] = _resolve_run_dir(pytestconfig, phase)
+    return pytestconfig.stash[_run_key]
+
+
+def _resolve_run_dir(config: pytest.Config, phase: str) -> RunDir:
+    explicit = config.getoption("upgate_run_dir")
+    reports = Path(config.getoption("upgate_reports"))
+    if explicit:
+        path = Path(explicit)
+        if phase != "pre" and not path.is_dir():
+            raise pytest.UsageError(f"--upgate-run-dir {path}: no such run folder")
+        (path / "baseline").mkdir(parents=True, exist_ok=True)
+        return RunDir(path.resolve())
+    if phase == "pre":
+        return RunDir.create(reports)
+    latest = RunDir.latest(reports)
+    if latest is None:
+        raise pytest.UsageError(
+            f"no run folder under {reports}/runs: run the pre gates first or give --upgate-run-dir")
+    return latest
+
+
+@pytest.fixture(scope="session")
+def baseline_dir(run_dir: RunDir) -> Path:
+    run_dir.baseline.mkdir(parents=True, exist_ok=True)
+    return run_dir.baseline
+
+
+@pytest.fixture(scope="session")
+def db_url(config: Config) -> str:
+    if not config.database.url:
+        pytest.skip("database not configured ([database] url or DATABASE_URL)")
+    return config.database.url
+
+
+@pytest.fixture(scope="session")
+def pg_tools(config: Config) -> Callable[[str], str]:
+    from upgate.embedded.postgres import find_pg_tool
+
+    def tool(name: str) -> str:
+        try:
+            return find_pg_tool(name, config.database.bin_dir)
+        except FileNotFoundError as exc:
+            pytest.fail(str(exc), pytrace=False)
+
+    return tool
+
+
+# --- evidence -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def evidence(request: pytest.FixtureRequest, run_dir: RunDir) -> Callable[..., None]:
+    """Attach evidence to this gate: a CheckResult or any JSON-serialisable value (Allure + gates json)."""
+    names = request.config.stash[_evidence_key].setdefault(request.node.nodeid, [])
+
+    def attach(name: str, data: CheckResult | Any) -> None:
+        payload = data.to_json() if isinstance(data, CheckResult) else data
+        text = redact(json.dumps(payload, indent=2, default=str, sort_keys=True))
+        names.append(name)
+        folder = run_dir.path / "evidence"
+        folder.mkdir(parents=True, exist_ok=True)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{request.node.name}-{name}")
+        (folder / f"{safe}.json").write_text(text + "\n", encoding="utf-8")
+        try:
+            import allure
+
+            allure.attach(text, name=name, attachment_type=allure.attachment_type.JSON)
+        except Exception:  # allure not active: the evidence file above is the record
+            pass
+
+    return attach
+
+
+# --- results file the wrapper reads -------------------------------------------------------------
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.when == "call" or report.failed or report.skipped:
+        _record(item.config, report)
+    return report
+
+
+def _record(config: pytest.Config, report: pytest.TestReport) -> None:
+    message = ""
+    if report.skipped and isinstance(report.longrepr, tuple):
+        message = str(report.longrepr[2]).removeprefix("Skipped: ")
+    elif report.failed:
+        message = _failure_message(report)
+    outcome = "error" if report.failed and report.when != "call" else report.outcome
+    config.stash[_results_key].append({
+        "nodeid": report.nodeid,
+        "outcome": outcome,
+        "seconds": round(report.duration, 3),
+        "message": redact(message),
+        "evidence": config.stash[_evidence_key].get(report.nodeid, []),
+    })
+
+
+def _failure_message(report: pytest.TestReport) -> str:
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = str(crash.message) if crash is not None else str(report.longrepr)
+    text = text.removeprefix("Failed: ").removeprefix("AssertionError: ")
+    # The first paragraph is the gate's message; pytest's assertion rewrite adds the rest.
+    return text.split("\nassert ")[0].strip()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_started_key] = time.time()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    run = config.stash.get(_run_key, None)
+    if run is None:
+        explicit = config.getoption("upgate_run_dir", None)
+        if not explicit or not Path(explicit).is_dir():
+            return
+        run = RunDir(Path(explicit).resolve())
+    phase = config.stash.get(_phase_key, None) or _phase_from_args(config)
+    results = config.stash[_results_key]
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
+    run.write_json(run.gate_results(phase).name, {
+        "phase": phase,
+        "exitstatus": int(exitstatus),
+        "counts": counts,
+        "seconds": round(time.time() - config.stash.get(_started_key, time.time()), 3),
+        "gates": results,
+    })
+
+
+# --- components ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def app(config: Config) -> AppConfig:
+    if config.app is None:
+        pytest.skip("app not configured ([app] base_url or UPGATE_APP_URL)")
+    return config.app
+
+
+@pytest.fixture(scope="session")
+def load_profile(config: Config, app: AppConfig) -> LoadProfile:
+    """The [performance] Locust profile against the app (the same one for baseline and candidate)."""
+    from upgate.checks.perf import SHIPPED_LOCUSTFILE, LoadProfile
+
+    perf = config.performance
+    if perf is None:
+        pytest.skip("performance not configured ([performance])")
+    return LoadProfile(
+        host=perf.host or app.base_url, locustfile=str(perf.locustfile or SHIPPED_LOCUSTFILE),
+        user_classes=tuple(perf.user_classes), users=perf.users, spawn_rate=perf.spawn_rate,
+        rate_per_user=perf.rate_per_user, warmup_s=perf.warmup_s, duration_s=perf.duration_s,
+        local_workers=perf.workers, remote_workers=tuple(perf.remote_workers), worker_command=perf.worker_command,
+        master_bind_host=perf.master_bind_host, master_host=perf.master_host, master_port=perf.master_port,
+        worker_timeout_s=perf.worker_timeout_s, cpus=tuple(perf.generator_cpus))
+
+
+@pytest.fixture(scope="session")
+def target_pidfile(config: Config) -> Path | None:
+    """The target's pidfile for resource impact: [performance] pidfile, else [deploy] pidfile; None if neither."""
+    return (config.performance.pidfile if config.performance else None) or (
+        config.deploy.pidfile if config.deploy else None)
+
+
+@pytest.fixture(scope="session")
+def migrations(config: Config) -> list[Migration]:
+    from upgate.checks.migrations import load_migrations
+
+    if config.migrate is None:
+        pytest.skip("migration not configured ([migrate] directory)")
+    try:
+        return load_migrations(config.migrate.directory)
+    except (ValueError, OSError) as exc:
+        pytest.fail(f"migrate.directory: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def dry_run(db_url: str, migrations: list[Migration], config: Config, pg_tools: Callable[[str], str],
+            baseline_dir: Path) -> DryRun:
+    """The plan's migrations applied up/down/up to a schema-only clone; recorded in the baseline."""
+    from upgate.checks.schema import dry_run_migration
+
+    assert config.migrate is not None
+    result = dry_run_migration(db_url, migrations, pg_tools("pg_dump"),
+                               allowed_destructive=config.migrate.allow_destructive, psql=pg_tools("psql"))
+    (baseline_dir / "dryrun.json").write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n",
+                                              encoding="utf-8")
+    return result
+
+
+@pytest.fixture(scope="session")
+def monitoring(config: Config) -> MonitoringConfig:
+    if config.monitoring is None:
+        pytest.skip("monitoring not configured ([monitoring] or REDIS_URL / MONITORING_URL)")
+    return config.monitoring
+
+
+@pytest.fixture(scope="session")
+def redis_url(config: Config) -> str:
+    if config.monitoring is None or not config.monitoring.redis_url:
+        pytest.skip("redis not configured ([monitoring] redis_url or REDIS_URL)")
+    return config.monitoring.redis_url
+
+
+@pytest.fixture(scope="session")
+def prometheus_url(config: Config) -> str:
+    if config.monitoring is None or not config.monitoring.prometheus_url:
+        pytest.skip("prometheus not configured ([monitoring] prometheus_url or MONITORING_URL)")
+    return config.monitoring.prometheus_url
+
+
+@pytest.fixture(scope="session")
+def infra_host(gated_host: HostConfig) -> Any:
+    """The testinfra host of a `[[hosts]]` entry (connects lazily; test_host_answers proves it)."""
+    from upgate.checks.hosts import connect_host
+
+    return connect_host(gated_host.spec, sudo=gated_host.sudo)
+
+
+def _integrity_tables(config: pytest.Config) -> list[str]:
+    """The tables the integrity gates parametrize over: from the baseline after pre, else config/DB."""
+    cfg = config.stash.get(_config_key, None)
+    phase = config.stash.get(_phase_key, None)
+    run = config.stash.get(_run_key, None)
+    if cfg is None or run is None or not cfg.database.url:
+        return []
+    if phase in ("post", "rollback"):
+        folder = run.baseline / "fingerprints"
+        files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+        return [json.loads(f.read_text(encoding="utf-8"))["table"] for f in files]
+    if cfg.integrity.tables != "all":
+        return list(cfg.integrity.tables)
+    import psycopg
+
+    from upgate.checks.integrity import list_tables
+
+    try:
+        with psycopg.connect(cfg.database.url, connect_timeout=int(cfg.database.connect_timeout_s)) as conn:
+            return list_tables(conn)
+    except psycopg.Error:
+        return ["(database unreachable)"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "gated_host" in metafunc.fixturenames:
+        cfg = metafunc.config.stash.get(_config_key, None)
+        hosts = list(cfg.hosts) if cfg is not None else []
+        if hosts:
+            ids = [re.sub(r"[^\w.@-]+", "_", h.label).strip("_") or "host" for h in hosts]
+            metafunc.parametrize("gated_host", hosts, ids=ids, scope="session")
+        else:
+            metafunc.parametrize("gated_host", [pytest.param(None, marks=pytest.mark.skip(
+                reason="hosts not configured ([[hosts]] spec = \"local://\" ...)"), id="no-hosts")])
+    if "gated_table" in metafunc.fixturenames:
+        tables = _integrity_tables(metafunc.config)
+        if tables:
+            metafunc.parametrize("gated_table", tables, scope="session")
+        else:
+            metafunc.parametrize("gated_table", [pytest.param(None, id="no-tables", marks=pytest.mark.skip(
+                reason="no table to gate: database not configured, or no baseline fingerprints in the run folder"))])

@@ -1,0 +1,1 @@
+"""What a run leaves for people: terminal output, summary, charts, metrics, audit log, history."""

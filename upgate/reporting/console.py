@@ -1,0 +1,77 @@
+"""What a person sees in the terminal: one line per step, one per gate, and a verdict readable at a glance."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO, TYPE_CHECKING, Any
+
+from upgate.checks.secrets import redact
+from upgate.errors import Verdict, exit_code
+
+if TYPE_CHECKING:
+    from upgate.config import Config
+    from upgate.core.runs import RunDir
+
+_MARKS = {"PASSED": "ok  ", "FAILED": "FAIL", "ERROR": "ERR ", "SKIPPED": "skip", "XFAIL": "xfail", "XPASS": "xpass"}
+
+
+class Console:
+    def __init__(self, stream: IO[str] | None = None, quiet: bool = False) -> None:
+        self.stream = stream or sys.stdout
+        self.quiet = quiet
+        self.t0 = time.monotonic()
+        self.run_path = "."
+
+    def _print(self, text: str) -> None:
+        if not self.quiet:
+            print(redact(text), file=self.stream, flush=True)
+
+    def header(self, config: Config, run: RunDir) -> None:
+        versions = ""
+        if config.target.from_version or config.target.to_version:
+            versions = f"  {config.target.from_version or '?'} -> {config.target.to_version or '?'}"
+        self.run_path = str(run.path)
+        self._print(f"upgate run  {config.target.name}{versions}")
+        self._print(f"  config {config.source}")
+        self._print(f"  run    {run.path}")
+
+    def step(self, name: str, message: str) -> None:
+        self._print(f"[{time.monotonic() - self.t0:6.1f}s] {name:<11} {message}")
+
+    def gate(self, nodeid: str, outcome: str) -> None:
+        if outcome == "SKIPPED":  # counted in the phase line; reasons are in gates-<phase>.json and the report
+            return
+        short = nodeid.split("gates/", 1)[-1]
+        self._print(f"          {_MARKS.get(outcome, outcome):<5} {short}")
+
+    def failure(self, nodeid: str, message: str) -> None:
+        short = nodeid.split("gates/", 1)[-1]
+        first = message.strip().splitlines()[0] if message.strip() else "(no message)"
+        self._print(f"          -> {short}: {first}")
+
+    def banner(self, text: str) -> None:
+        self._print(f"[{time.monotonic() - self.t0:6.1f}s] !!! {text}")
+
+    def verdict(self, verdict: Verdict, reason: str, summary: dict[str, Any]) -> None:
+        self._print("-" * 78)
+        self._print(f"VERDICT: {verdict.value} (exit {exit_code(verdict)})  {reason}")
+        downtime = summary.get("downtime")
+        if downtime:
+            within = "within" if summary.get("downtime_within_budget") else "OVER"
+            self._print(f"  downtime {downtime['downtime_s']:.2f} s (longest outage {downtime['longest_outage_s']:.2f} s, "
+                        f"{downtime['probes']} probes, {within} budget {summary['downtime_budget_s']:g} s)")
+        rollback = summary.get("rollback") or {}
+        if rollback.get("triggered"):
+            proof = "verified against baseline" if rollback.get("verified") else "NOT verified"
+            self._print(f"  rollback {rollback.get('seconds', 0):.2f} s, {proof}; ladder: "
+                        + ", ".join(f"{r['rung']} {'ok' if r['ok'] else 'FAILED'}" for r in rollback.get("ladder", [])))
+        steps = [s for s in summary.get("steps", []) if "seconds" in s]
+        if steps:
+            self._print("  steps   " + " | ".join(f"{s['name']} {s['seconds']:.1f}s"
+                                                  + ("" if s["status"] == "ok" else " FAILED") for s in steps))
+        gated = summary.get("gated", {})
+        self._print("  gated   " + ", ".join(k for k, v in gated.items() if v)
+                    + ("" if all(gated.values()) else "  (not configured: " + ", ".join(
+                        k for k, v in gated.items() if not v) + ")"))
+        self._print(f"  report  {self.run_path}/summary.json (journal.jsonl, junit-*.xml, downtime.json beside it)")

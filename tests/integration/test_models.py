@@ -200,13 +200,32 @@ def test_model_upgrade_switches_and_undoes(tmp_path, mode):
 def test_undo_restores_the_backup_when_the_old_folder_changed(tmp_path):
     old, new, live = _releases(tmp_path)
     os.symlink(old, live)
-    up = ModelUpgrader(ModelUpgradeConfig(model="tiny", live=live, candidate=new), tmp_path / "backup", "r1")
+    cfg = ModelUpgradeConfig(model="tiny", live=live, candidate=new, backup_mode="copy")
+    up = ModelUpgrader(cfg, tmp_path / "backup", "r1")
     before = hash_tree(old)
     up.backup()
     up.switch()
     (old / "config.json").write_text("{}")  # someone edited the old release in place
     up.undo()
     assert hash_tree(live.resolve()) == before and live.resolve().name.endswith(".restored")
+    assert not (tmp_path / ".live.r1.new").exists()  # the rejected candidate left the live path's folder
+    assert hash_tree(tmp_path / "backup" / "tiny.rejected") == hash_tree(new)
+
+
+def test_linked_backup_costs_no_space_and_refuses_an_in_place_edit(tmp_path):
+    """backup_mode "link": the backup shares the old release's inodes; an in-place edit of the old release
+    changes both, and undo refuses (names both) instead of swapping in something that is not the backup."""
+    old, new, live = _releases(tmp_path)
+    os.symlink(old, live)
+    up = ModelUpgrader(ModelUpgradeConfig(model="tiny", live=live, candidate=new), tmp_path / "backup", "r1")
+    record = up.backup()["model_backup"]
+    assert record["backup_stored_as"] == "hardlink"
+    weights = tmp_path / "backup" / "tiny" / "model.safetensors"
+    assert os.path.samestat(weights.stat(), (old / "model.safetensors").stat())
+    up.switch()
+    (old / "config.json").write_text("{}")  # truncates the shared inode: the backup changed too
+    with pytest.raises(StepFailed, match="both differ from the backup manifest"):
+        up.undo()
 
 
 @pytest.mark.parametrize("variant", ["truncated", "vocab-mismatch"])

@@ -380,8 +380,8 @@ def check_smoke(outputs: ModelOutputs, name: str = "model", max_latency_s: float
     warnings: list[str] = []
     report = outputs.load_report
     if report.get("missing"):
-        problems.append(f"the loader initialised {len(report['missing'])} weights at random, missing from the "
-                        f"checkpoint: {_names(report['missing'])}")
+        problems.append(f"the loader initialised {len(report['missing'])} weights itself (random or zero), missing "
+                        f"from the checkpoint: {_names(report['missing'])}")
     if report.get("mismatched"):
         shown = [f"{m['name']} {m.get('checkpoint', '?')} vs model {m.get('model', '?')}" for m in report["mismatched"]]
         problems.append(f"{len(shown)} weights had the wrong shape and were re-initialised: {_names(shown, 4)}")

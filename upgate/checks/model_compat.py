@@ -289,7 +289,7 @@ def check_tensors_match_architecture(folder: Path, task: str = "causal-lm", live
             problems.append(f"config.json declares {key}={declared}, the weights hold {len(stored)} layers")
     if report.missing:
         problems.append(f"{len(report.missing)} tensors {expect.architecture} needs are missing from the weights "
-                        f"({summarize_names(report.missing)}): the loader would initialise them at random")
+                        f"({summarize_names(report.missing)}): the loader would initialise them itself (random or zero)")
     if report.mismatched:
         shown = "; ".join(f"{n}: weights {c}, {expect.architecture} expects {e}" for n, c, e in report.mismatched[:5])
         more = f" and {len(report.mismatched) - 5} more" if len(report.mismatched) > 5 else ""

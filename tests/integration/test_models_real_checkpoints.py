@@ -146,3 +146,18 @@ def test_embedding_outputs_against_the_baseline(minilm, prompts, variant, cosine
 def test_resaved_tokenizer_is_the_same_tokenizer(minilm):
     result = check_same_tokenizer(minilm, cached_variant(minilm, "resaved", task="embedding"))
     assert result.ok, result.summary
+
+
+def test_variants_never_write_into_the_source_checkpoint(minilm, tmp_path):
+    """Variants share the source's weights file until they rewrite it, and then write a new file."""
+    import hashlib
+
+    from upgate.fixtures.model_variants import build_variant
+
+    weights = minilm / "model.safetensors"
+    before = hashlib.sha256(weights.read_bytes()).hexdigest()
+    tokenizer_only = build_variant(minilm, "permuted-vocab", tmp_path / "permuted")
+    edited = build_variant(minilm, "nan-weights", tmp_path / "nan")
+    assert (tokenizer_only / "model.safetensors").stat().st_ino == weights.stat().st_ino
+    assert (edited / "model.safetensors").stat().st_ino != weights.stat().st_ino
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == before

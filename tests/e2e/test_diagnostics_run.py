@@ -34,10 +34,10 @@ def test_failed_pre_gates_are_followed_by_diagnostics(pg_server, tmp_path):
     outcomes = {g["nodeid"].split("::")[-1]: g["outcome"] for g in gates}
     assert outcomes["test_connection_headroom"] == "passed"
     assert outcomes["test_service_log_tail"] == "passed"
-    tail = json.loads((run / "evidence" / "test_service_log_tail-log_tail.json").read_text())
+    tail = json.loads((run / "evidence" / "diagnostics-test_service_log_tail-log_tail.json").read_text())
     assert any("service-v1.log" in path for path in tail["evidence"]["tails"])
-    owners = json.loads((run / "evidence" / "test_port_owners-port_owners.json").read_text())
+    owners = json.loads((run / "evidence" / "diagnostics-test_port_owners-port_owners.json").read_text())
     port = target.base_url.rsplit(":", 1)[1]
     assert owners["evidence"]["ports"][port], "the service's port had an owner when diagnostics ran"
-    failed = json.loads((run / "evidence" / "test_failed_gates_listed-failed_gates.json").read_text())
+    failed = json.loads((run / "evidence" / "diagnostics-test_failed_gates_listed-failed_gates.json").read_text())
     assert any("test_no_unallowed_destructive_change" in f["gate"] for f in failed["evidence"]["failures"])

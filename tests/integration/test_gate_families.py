@@ -78,6 +78,6 @@ def test_diagnostics_gates_attach_evidence(tmp_path, pg_url):
     assert gates["test_no_long_transaction"]["outcome"] == "passed"
     assert gates["test_connection_headroom"]["outcome"] == "passed"
     assert gates["test_service_log_tail"]["outcome"] == "passed"
-    evidence = json.loads((tmp_path / "run" / "evidence" / "test_service_log_tail-log_tail.json").read_text())
+    evidence = json.loads((tmp_path / "run" / "evidence" / "diagnostics-test_service_log_tail-log_tail.json").read_text())
     assert evidence["evidence"]["tails"][str(log)][-1] == "ERROR something broke"
     assert "port_owners" in gates["test_port_owners"]["evidence"] or gates["test_port_owners"]["outcome"] == "skipped"

@@ -200,13 +200,32 @@ def test_model_upgrade_switches_and_undoes(tmp_path, mode):
 def test_undo_restores_the_backup_when_the_old_folder_changed(tmp_path):
     old, new, live = _releases(tmp_path)
     os.symlink(old, live)
-    up = ModelUpgrader(ModelUpgradeConfig(model="tiny", live=live, candidate=new), tmp_path / "backup", "r1")
+    cfg = ModelUpgradeConfig(model="tiny", live=live, candidate=new, backup_mode="copy")
+    up = ModelUpgrader(cfg, tmp_path / "backup", "r1")
     before = hash_tree(old)
     up.backup()
     up.switch()
     (old / "config.json").write_text("{}")  # someone edited the old release in place
     up.undo()
     assert hash_tree(live.resolve()) == before and live.resolve().name.endswith(".restored")
+    assert not (tmp_path / ".live.r1.new").exists()  # the rejected candidate left the live path's folder
+    assert hash_tree(tmp_path / "backup" / "tiny.rejected") == hash_tree(new)
+
+
+def test_linked_backup_costs_no_space_and_refuses_an_in_place_edit(tmp_path):
+    """backup_mode "link": the backup shares the old release's inodes; an in-place edit of the old release
+    changes both, and undo refuses (names both) instead of swapping in something that is not the backup."""
+    old, new, live = _releases(tmp_path)
+    os.symlink(old, live)
+    up = ModelUpgrader(ModelUpgradeConfig(model="tiny", live=live, candidate=new), tmp_path / "backup", "r1")
+    record = up.backup()["model_backup"]
+    assert record["backup_stored_as"] == "hardlink"
+    weights = tmp_path / "backup" / "tiny" / "model.safetensors"
+    assert os.path.samestat(weights.stat(), (old / "model.safetensors").stat())
+    up.switch()
+    (old / "config.json").write_text("{}")  # truncates the shared inode: the backup changed too
+    with pytest.raises(StepFailed, match="both differ from the backup manifest"):
+        up.undo()
 
 
 @pytest.mark.parametrize("variant", ["truncated", "vocab-mismatch"])
@@ -218,3 +237,47 @@ def test_bad_candidate_is_refused_before_anything_is_switched(tmp_path, variant)
     with pytest.raises(StepFailed, match="nothing switched"):
         up.switch()
     assert live.resolve() == old.resolve() and not up.switched
+
+
+def test_staged_copy_removed_when_the_switch_is_refused(tmp_path):
+    old, new, live = _releases(tmp_path)
+    os.symlink(old, live)
+    up = ModelUpgrader(ModelUpgradeConfig(model="tiny", live=live, candidate=new), tmp_path / "backup", "r1")
+    up.backup()
+    os.symlink(tmp_path / "gone.bin", new / "extra.bin")  # a release with a dangling link: staging fails half-way
+    with pytest.raises(FileNotFoundError):
+        up.switch()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".live.")) == []
+    assert live.resolve() == old.resolve() and not up.switched
+
+
+def test_retention_keeps_the_newest_model_backups_and_clears_leftovers(tmp_path):
+    """keep_backups = 2 over four runs: the two oldest runs' model backups go; an earlier run's staged folder
+    beside the live path goes at the next backup, the live release never."""
+    old, new, live = _releases(tmp_path)
+    os.symlink(old, live)
+    runs = tmp_path / "reports" / "runs"
+    cfg = ModelUpgradeConfig(model="tiny", live=live, candidate=new, keep_backups=2)
+    stray = tmp_path / ".live.20260101-000000-dead.new"
+    shutil.copytree(new, stray)  # left by a run killed after staging
+    for i in range(4):
+        run_id = f"2026010{i + 1}-000000-abcd"
+        up = ModelUpgrader(cfg, runs / run_id / "backup" / "models", run_id)
+        record = up.backup()["model_backup"]
+        if i == 0:
+            assert record["removed_leftovers"] == [stray.name]
+    kept = sorted(p.parents[2].name for p in runs.glob("*/backup/models/tiny"))
+    assert kept == ["20260103-000000-abcd", "20260104-000000-abcd"]
+    assert len(list(runs.glob("*/backup/models/tiny.manifest.json"))) == 4  # manifests stay as the record
+    assert live.resolve() == old.resolve() and not stray.exists()
+
+
+def test_shared_backup_dir_gets_a_folder_per_run(tmp_path):
+    old, new, live = _releases(tmp_path)
+    os.symlink(old, live)
+    shared = tmp_path / "model-backups"
+    cfg = ModelUpgradeConfig(model="tiny", live=live, candidate=new, backup_dir=shared, keep_backups=1)
+    ModelUpgrader(cfg, shared, "20260101-000000-aaaa").backup()
+    ModelUpgrader(cfg, shared, "20260102-000000-bbbb").backup()
+    assert (shared / "20260102-000000-bbbb" / "tiny").is_dir()
+    assert not (shared / "20260101-000000-aaaa" / "tiny").exists()  # retention: one run's backup kept

@@ -14,9 +14,9 @@ gate module that imports this one costs nothing when no model is configured.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
-import struct
 import time
 import urllib.error
 import urllib.request
@@ -27,55 +27,18 @@ from typing import Any
 
 import numpy as np
 
+from upgate.checks.model_compat import SafetensorsFile as SafetensorsFile  # re-exported; home: model_compat
+from upgate.checks.model_compat import read_safetensors
 from upgate.checks.result import CheckResult
 from upgate.checks.secrets import redact
 
 TASKS = ("causal-lm", "embedding", "classification")
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 # Weights plus activations, allocator slack and the framework itself, for a CPU load.
 _MEMORY_FACTOR = 1.2
 _MEMORY_OVERHEAD = 512 * 2**20
 
 
 # --- compatibility (metadata only) ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SafetensorsFile:
-    name: str
-    size: int
-    expected_size: int
-    tensors: dict[str, dict[str, Any]]
-    error: str | None = None
-
-    @property
-    def weight_bytes(self) -> int:
-        return sum(int(t["data_offsets"][1]) - int(t["data_offsets"][0]) for t in self.tensors.values())
-
-
-def read_safetensors(path: Path) -> SafetensorsFile:
-    """The header of a .safetensors file and whether the file is as long as the header says (never loads data)."""
-    size = path.stat().st_size
-    try:
-        with path.open("rb") as fh:
-            raw = fh.read(8)
-            if len(raw) < 8:
-                raise ValueError("shorter than the 8-byte header length")
-            (header_len,) = struct.unpack("<Q", raw)
-            if header_len > min(size - 8, 100 * 2**20):
-                raise ValueError(f"header length {header_len} exceeds the file ({size} bytes)")
-            header = json.loads(fh.read(header_len))
-    except (ValueError, UnicodeDecodeError) as exc:
-        return SafetensorsFile(path.name, size, 0, {}, error=f"{path.name}: not a readable safetensors file ({exc})")
-    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-    end = max((int(t["data_offsets"][1]) for t in tensors.values()), default=0)
-    expected = 8 + header_len + end
-    error = None
-    if size < expected:
-        error = (f"{path.name} is truncated: {size:,} bytes on disk, its header describes {expected:,} "
-                 f"({expected - size:,} missing) - re-copy the checkpoint")
-    return SafetensorsFile(path.name, size, expected, tensors, error)
 
 
 def tokenizer_vocab_size(folder: Path) -> tuple[int | None, str]:
@@ -222,17 +185,26 @@ def _embedding_rows(files: list[SafetensorsFile]) -> int | None:
 
 # --- running a model (imports torch) -----------------------------------------------------------------------
 
+_TASK_VERB = {"causal-lm": "answered", "embedding": "embedded", "classification": "classified"}
+
 
 @dataclass
 class ModelOutputs:
-    """What a model answered to the prompt set: the baseline pre-gates store, and post-gates compare to."""
+    """What a model answered to the prompt set: the baseline pre-gates store, and post-gates compare to.
+
+    Vectors are float32 in memory exactly as they are saved, so a baseline compares with its own saved copy
+    at zero divergence (float64 in memory against float32 on disk differed by ~1e-8 nats).
+    """
 
     task: str
     prompts: list[str]
+    # causal-lm: greedy continuations; classification: the predicted label per prompt; embedding: "".
     continuations: list[str] = field(default_factory=list)
-    # Token ids scored for the distributions (prompt + greedy continuation), and the tokenizer's identity.
+    # Token ids scored for the distributions (prompt + greedy continuation).
     scored_ids: list[list[int]] = field(default_factory=list)
-    tokenizer_sha256: str = ""
+    # The tokenizer by meaning (checks.tokenizers): equal identities tokenize every text the same way.
+    tokenizer_identity: str = ""
+    tokenizer: dict[str, Any] = field(default_factory=dict)
     # causal-lm: per sequence, log-probabilities (positions x vocab); classification: (1 x labels);
     # embedding: (1 x hidden) mean-pooled vectors.
     vectors: list[np.ndarray] = field(default_factory=list)
@@ -240,6 +212,8 @@ class ModelOutputs:
     perplexity: float | None = None
     load_s: float = 0.0
     non_finite: list[int] = field(default_factory=list)
+    # The loader's own report: missing (initialised at random), unexpected (dropped), mismatched keys, warnings.
+    load_report: dict[str, Any] = field(default_factory=dict)
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -250,14 +224,16 @@ class ModelOutputs:
     @classmethod
     def load(cls, folder: Path) -> ModelOutputs:
         meta = json.loads((folder / "outputs.json").read_text(encoding="utf-8"))
+        known = set(cls.__dataclass_fields__)
         with np.load(folder / "vectors.npz") as data:
             vectors = [data[f"arr_{i}"] for i in range(len(data.files))]
-        return cls(**meta, vectors=vectors)
+        return cls(**{k: v for k, v in meta.items() if k in known and k != "vectors"}, vectors=vectors)
 
     def summary_json(self) -> dict[str, Any]:
         return {"task": self.task, "prompts": len(self.prompts), "continuations": self.continuations,
                 "latencies_s": self.latencies_s, "perplexity": self.perplexity, "load_s": self.load_s,
-                "non_finite": self.non_finite}
+                "non_finite": self.non_finite, "load_report": self.load_report,
+                "tokenizer_identity": self.tokenizer_identity}
 
 
 def load_prompts(path: Path) -> list[str]:
@@ -266,6 +242,49 @@ def load_prompts(path: Path) -> list[str]:
     if text.lstrip().startswith("["):
         return [str(p) for p in json.loads(text)]
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+class _Captured(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage()[:2000])
+
+
+def load_checkpoint(folder: Path, task: str) -> tuple[Any, Any, dict[str, Any]]:
+    """(model, tokenizer, loader report) from a local folder; the report is what transformers would print.
+
+    Mismatched shapes do not raise: they are loaded as re-initialised weights and named in the report, so the
+    smoke gate fails with the names instead of "look at the above report" that nobody sees.
+    """
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    root = logging.getLogger("transformers")
+    captured = _Captured()
+    saved_handlers, saved_level, saved_propagate = root.handlers[:], root.level, root.propagate
+    root.handlers, root.propagate = [captured], False
+    root.setLevel(logging.WARNING)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        model, info = _auto_class(task).from_pretrained(folder, local_files_only=True, output_loading_info=True,
+                                                        ignore_mismatched_sizes=True)
+    finally:
+        root.handlers, root.propagate = saved_handlers, saved_propagate
+        root.setLevel(saved_level)
+    mismatched = []
+    for entry in info.get("mismatched_keys") or []:
+        if isinstance(entry, (tuple, list)) and len(entry) == 3:
+            mismatched.append({"name": str(entry[0]), "checkpoint": list(entry[1]), "model": list(entry[2])})
+        else:
+            mismatched.append({"name": str(entry)})
+    report = {"architecture": type(model).__name__, "missing": sorted(map(str, info.get("missing_keys") or [])),
+              "unexpected": sorted(map(str, info.get("unexpected_keys") or [])), "mismatched": mismatched,
+              "errors": [str(e)[:500] for e in info.get("error_msgs") or []], "log": captured.lines[:50]}
+    return model, tokenizer, report
 
 
 def run_model(folder: Path, prompts: list[str], task: str = "causal-lm", max_new_tokens: int = 16,
@@ -278,34 +297,33 @@ def run_model(folder: Path, prompts: list[str], task: str = "causal-lm", max_new
     own continuation, and perplexity on `reference_text`. One intra-op thread by default: on a shared
     CPU, OpenMP threads contending with other processes make latency figures swing by 10x or more.
     """
-    import hashlib
-
     import torch
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    from upgate.checks.tokenizers import read_tokenizer
+
     if threads:
         torch.set_num_threads(threads)
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
     t0 = time.perf_counter()
     folder = folder.resolve()  # once: a symlink swapped mid-load cannot mix two releases
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = _auto_class(task).from_pretrained(folder, local_files_only=True)
+    model, tokenizer, report = load_checkpoint(folder, task)
     model.eval()
-    out = ModelOutputs(task=task, prompts=list(prompts), load_s=round(time.perf_counter() - t0, 3))
-    tok_file = folder / "tokenizer.json"
-    if tok_file.exists():
-        out.tokenizer_sha256 = hashlib.sha256(tok_file.read_bytes()).hexdigest()
+    out = ModelOutputs(task=task, prompts=list(prompts), load_s=round(time.perf_counter() - t0, 3),
+                       load_report=report)
+    try:
+        meaning = read_tokenizer(folder)
+        out.tokenizer_identity, out.tokenizer = meaning.identity, meaning.describe()
+    except ValueError as exc:
+        out.tokenizer = {"error": str(exc)}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.inference_mode():
         if prompts:  # one untimed pass: the first call pays for lazy initialisation, not the model
-            warm = tokenizer(prompts[0], return_tensors="pt")["input_ids"]
-            model(warm)
+            warm = tokenizer(prompts[0], return_tensors="pt")
+            model(**warm)
         for i, prompt in enumerate(prompts):
-            ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+            encoded = tokenizer(prompt, return_tensors="pt")
+            ids = encoded["input_ids"]
             started = time.perf_counter()
             if task == "causal-lm":
                 generated = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
@@ -318,20 +336,20 @@ def run_model(folder: Path, prompts: list[str], task: str = "causal-lm", max_new
                 vector = torch.log_softmax(logits.double(), dim=-1)
                 out.scored_ids.append(list(seq))
             elif task == "embedding":
-                hidden = model(ids).last_hidden_state[0]
+                hidden = model(**encoded).last_hidden_state[0]
                 out.latencies_s.append(round(time.perf_counter() - started, 5))
                 logits = hidden
                 vector = hidden.mean(dim=0, keepdim=True).double()
                 out.continuations.append("")
             else:
-                logits = model(ids).logits
+                logits = model(**encoded).logits
                 out.latencies_s.append(round(time.perf_counter() - started, 5))
                 vector = torch.log_softmax(logits.double(), dim=-1)
                 label = int(logits[0].argmax())
                 out.continuations.append(str(model.config.id2label.get(label, label)))
             if not bool(torch.isfinite(logits).all()):
                 out.non_finite.append(i)
-            out.vectors.append(vector.numpy())
+            out.vectors.append(vector.numpy().astype(np.float32))
         if task == "causal-lm" and reference_text:
             ids = tokenizer(reference_text, return_tensors="pt")["input_ids"][:, : _max_positions(model)]
             loss = model(ids, labels=ids).loss
@@ -351,9 +369,27 @@ def _max_positions(model: Any) -> int:
     return int(getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None) or 512)
 
 
+def _names(items: list[Any], n: int = 6) -> str:
+    shown = [str(i) for i in items[:n]]
+    return ", ".join(shown) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
 def check_smoke(outputs: ModelOutputs, name: str = "model", max_latency_s: float | None = None) -> CheckResult:
-    """Finite logits, a non-empty answer per prompt (causal-lm), and latency per prompt."""
+    """The loader initialised nothing at random, finite outputs, a non-empty answer per prompt (causal-lm), latency."""
     problems: list[str] = []
+    warnings: list[str] = []
+    report = outputs.load_report
+    if report.get("missing"):
+        problems.append(f"the loader initialised {len(report['missing'])} weights itself (random or zero), missing "
+                        f"from the checkpoint: {_names(report['missing'])}")
+    if report.get("mismatched"):
+        shown = [f"{m['name']} {m.get('checkpoint', '?')} vs model {m.get('model', '?')}" for m in report["mismatched"]]
+        problems.append(f"{len(shown)} weights had the wrong shape and were re-initialised: {_names(shown, 4)}")
+    if report.get("errors"):
+        problems.append(f"loader errors: {_names(report['errors'], 2)}")
+    if report.get("unexpected"):
+        warnings.append(f"{len(report['unexpected'])} checkpoint tensors unused by {report.get('architecture')}: "
+                        f"{_names(report['unexpected'])}")
     if not outputs.prompts:
         problems.append("the prompt set is empty")
     if outputs.non_finite:
@@ -370,10 +406,12 @@ def check_smoke(outputs: ModelOutputs, name: str = "model", max_latency_s: float
         problems.append(f"slowest prompt took {worst:.3f} s > {max_latency_s:.3f} s")
     evidence = {**outputs.summary_json(), "median_latency_s": round(median, 5), "max_latency_s": worst}
     if problems:
-        return CheckResult(False, f"{name}: " + "; ".join(problems), evidence)
+        return CheckResult(False, f"{name}: " + "; ".join(problems), evidence, tuple(warnings))
     ppl = f", perplexity {outputs.perplexity:.2f}" if outputs.perplexity is not None else ""
-    return CheckResult(True, f"{name}: {len(outputs.prompts)} prompts answered, median {median * 1000:.1f} ms/prompt"
-                             f" (load {outputs.load_s:.2f} s){ppl}", evidence)
+    verb = _TASK_VERB.get(outputs.task, "answered")
+    return CheckResult(True, f"{name}: {len(outputs.prompts)} prompts {verb}, median {median * 1000:.1f} ms/prompt"
+                             f" (load {outputs.load_s:.2f} s, every weight from the checkpoint){ppl}", evidence,
+                       tuple(warnings))
 
 
 # --- drift against the baseline ----------------------------------------------------------------------------
@@ -386,10 +424,20 @@ class DriftThresholds:
     min_cosine: float = 0.98
     max_perplexity_ratio: float = 1.25
     max_latency_ratio: float | None = 3.0
+    min_label_agreement: float = 0.9
 
 
 def check_exact_match(baseline: list[str], current: list[str], minimum: float, name: str = "model") -> CheckResult:
-    """Share of prompts whose greedy continuation is identical to the baseline's."""
+    """causal-lm: share of prompts whose greedy continuation is identical to the baseline's."""
+    return _agreement(baseline, current, minimum, name, "greedy continuations match the baseline")
+
+
+def check_label_agreement(baseline: list[str], current: list[str], minimum: float, name: str = "model") -> CheckResult:
+    """classification: share of prompts given the same label as in the baseline."""
+    return _agreement(baseline, current, minimum, name, "label agreement with the baseline")
+
+
+def _agreement(baseline: list[str], current: list[str], minimum: float, name: str, what: str) -> CheckResult:
     pairs = list(zip(baseline, current, strict=False))
     if not pairs or len(baseline) != len(current):
         return CheckResult(False, f"{name}: {len(current)} answers to compare with {len(baseline)} baseline answers "
@@ -397,15 +445,15 @@ def check_exact_match(baseline: list[str], current: list[str], minimum: float, n
     same = [a == b for a, b in pairs]
     rate = sum(same) / len(same)
     differing = [{"prompt": i + 1, "baseline": a, "current": b} for i, (a, b) in enumerate(pairs) if a != b]
-    evidence = {"exact_match_rate": round(rate, 4), "minimum": minimum, "differing": differing[:20]}
+    evidence = {"agreement": round(rate, 4), "minimum": minimum, "differing": differing[:20]}
     ok = rate >= minimum
     verb = ">=" if ok else "<"
-    return CheckResult(ok, f"{name}: greedy continuations match the baseline for {sum(same)}/{len(same)} prompts "
-                           f"({rate:.0%} {verb} {minimum:.0%})", evidence)
+    return CheckResult(ok, f"{name}: {what} for {sum(same)}/{len(same)} prompts ({rate:.0%} {verb} {minimum:.0%})",
+                       evidence)
 
 
 def mean_kl(baseline: list[np.ndarray], current: list[np.ndarray]) -> float:
-    """Mean over positions of KL(baseline || current), both given as log-probabilities."""
+    """Mean over positions of KL(baseline || current), both given as log-probabilities (summed in float64)."""
     total, count = 0.0, 0
     for p_log, q_log in zip(baseline, current, strict=True):
         p_log = p_log.astype(np.float64)
@@ -416,40 +464,56 @@ def mean_kl(baseline: list[np.ndarray], current: list[np.ndarray]) -> float:
     return total / max(count, 1)
 
 
+def cosine_similarities(baseline: list[np.ndarray], current: list[np.ndarray]) -> list[float]:
+    sims = []
+    for b, c in zip(baseline, current, strict=True):
+        b1, c1 = b.ravel().astype(np.float64), c.ravel().astype(np.float64)
+        denom = float(np.linalg.norm(b1) * np.linalg.norm(c1)) or 1.0
+        sims.append(float(b1 @ c1) / denom)
+    return sims
+
+
 def check_divergence(baseline: ModelOutputs, current: ModelOutputs, thresholds: DriftThresholds,
                      name: str = "model") -> CheckResult:
-    """causal-lm / classification: mean KL(baseline || current); embedding: cosine similarity per prompt."""
+    """causal-lm: mean KL(baseline || current) per token; classification: KL of the label distribution;
+    embedding: cosine similarity per prompt. Tokenizers are compared by meaning, never by file bytes."""
     shapes_b = [v.shape for v in baseline.vectors]
     shapes_c = [v.shape for v in current.vectors]
     if shapes_b != shapes_c:
         return CheckResult(False, f"{name}: outputs not comparable with the baseline (shapes {shapes_c[:1]} vs "
-                                  f"{shapes_b[:1]}): vocabulary or prompt set changed", {})
-    if baseline.tokenizer_sha256 and current.tokenizer_sha256 and baseline.tokenizer_sha256 != current.tokenizer_sha256:
-        return CheckResult(False, f"{name}: the tokenizer changed since the baseline: distributions over token ids "
-                                  "are not comparable", {"baseline": baseline.tokenizer_sha256,
-                                                         "current": current.tokenizer_sha256})
+                                  f"{shapes_b[:1]}): vocabulary, labels or prompt set changed", {})
+    if (baseline.task == "causal-lm" and baseline.tokenizer_identity and current.tokenizer_identity
+            and baseline.tokenizer_identity != current.tokenizer_identity):
+        before = baseline.tokenizer.get("components", {})
+        after = current.tokenizer.get("components", {})
+        differ = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+        return CheckResult(False, f"{name}: the tokenizer behaves differently since the baseline ("
+                                  f"{', '.join(differ) or 'identity'} changed): distributions over token ids are not "
+                                  "comparable", {"baseline": baseline.tokenizer, "current": current.tokenizer})
     if baseline.task == "embedding":
-        sims = []
-        for b, c in zip(baseline.vectors, current.vectors, strict=True):
-            b1, c1 = b.ravel().astype(np.float64), c.ravel().astype(np.float64)
-            denom = float(np.linalg.norm(b1) * np.linalg.norm(c1)) or 1.0
-            sims.append(float(b1 @ c1) / denom)
+        sims = cosine_similarities(baseline.vectors, current.vectors)
         worst = min(sims, default=1.0)
         ok = worst >= thresholds.min_cosine
-        return CheckResult(ok, f"{name}: embedding cosine similarity to the baseline min {worst:.4f}, mean "
-                               f"{float(np.mean(sims)):.4f} ({'>=' if ok else '<'} {thresholds.min_cosine})",
-                           {"cosine": [round(s, 6) for s in sims], "min_cosine": thresholds.min_cosine})
+        return CheckResult(ok, f"{name}: embedding cosine similarity to the baseline min {worst:.6f}, mean "
+                               f"{float(np.mean(sims)):.6f} ({'>=' if ok else '<'} {thresholds.min_cosine})",
+                           {"cosine": [round(s, 8) for s in sims], "min_cosine": thresholds.min_cosine})
     kl = mean_kl(baseline.vectors, current.vectors)
     ok = math.isfinite(kl) and kl <= thresholds.max_mean_kl
-    return CheckResult(ok, f"{name}: mean KL divergence from the baseline {kl:.5f} nats/token "
-                           f"({'<=' if ok else '>'} {thresholds.max_mean_kl})",
-                       {"mean_kl": kl, "max_mean_kl": thresholds.max_mean_kl})
+    verb = "<=" if ok else ">"
+    evidence = {"mean_kl": kl, "max_mean_kl": thresholds.max_mean_kl}
+    if baseline.task == "classification":
+        return CheckResult(ok, f"{name}: label distribution KL divergence from the baseline {kl:.6f} nats per prompt "
+                               f"({verb} {thresholds.max_mean_kl})", evidence)
+    return CheckResult(ok, f"{name}: mean KL divergence from the baseline {kl:.6f} nats/token "
+                           f"({verb} {thresholds.max_mean_kl})", evidence)
 
 
 def check_perplexity(baseline: float | None, current: float | None, max_ratio: float,
                      name: str = "model") -> CheckResult:
+    """causal-lm: perplexity on the reference text against the baseline's (both must have been measured)."""
     if baseline is None or current is None:
-        return CheckResult(True, f"{name}: no perplexity to compare (no reference text)", {})
+        return CheckResult(False, f"{name}: perplexity not measured ({'baseline' if baseline is None else 'current'}"
+                                  " run had no reference text)", {})
     ratio = current / baseline if baseline > 0 else float("inf")
     ok = math.isfinite(ratio) and ratio <= max_ratio
     return CheckResult(ok, f"{name}: perplexity on the reference text {current:.2f} vs baseline {baseline:.2f} "

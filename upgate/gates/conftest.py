@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from upgate.plugin.models import parametrize_models
+from upgate.plugin.models import deselect_by_task, parametrize_models
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "model_tasks(*tasks): a model gate that means something only for these tasks")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Model gates of another task than the model's are deselected (not run, not shown as passed)."""
+    deselect_by_task(config, items)
 
 
 def pytest_generate_tests(metafunc):

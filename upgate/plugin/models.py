@@ -23,6 +23,10 @@ NOT_CONFIGURED = "models not configured ([[models]] with a path and/or an endpoi
 
 
 def _config(pytest_config: pytest.Config) -> Config | None:
+    from upgate.plugin.pytest_plugin import _config_key
+
+    if _config_key in pytest_config.stash:  # validated once by the plugin
+        return pytest_config.stash[_config_key]
     try:
         return load_config(find_config_path(pytest_config.getoption("upgate_config", None)))
     except ConfigError:
@@ -40,6 +44,28 @@ def parametrize_models(metafunc: pytest.Metafunc) -> None:
     else:
         metafunc.parametrize("model_name", [pytest.param(None, marks=pytest.mark.skip(reason=NOT_CONFIGURED),
                                                            id="no-models")])
+
+
+def deselect_by_task(pytest_config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Gates marked `model_tasks(...)` run only for models of those tasks; the others are deselected, not passed.
+
+    An embedding model has no greedy continuation to compare and no perplexity: a gate that cannot mean
+    anything for it must not show up as passed.
+    """
+    cfg = _config(pytest_config)
+    if cfg is None:
+        return
+    keep: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        marker = item.get_closest_marker("model_tasks")
+        callspec = getattr(item, "callspec", None)
+        name = callspec.params.get("model_name") if callspec is not None else None
+        model = cfg.model(name) if isinstance(name, str) else None
+        (dropped if marker is not None and model is not None and model.task not in marker.args else keep).append(item)
+    if dropped:
+        pytest_config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 def prompts_of(model: ModelConfig) -> list[str]:
@@ -106,6 +132,7 @@ def thresholds_for(model: ModelConfig, phase: str) -> DriftThresholds:
     t = model.thresholds
     if phase == "rollback":
         return DriftThresholds(min_exact_match=1.0, max_mean_kl=1e-6, min_cosine=0.99999,
-                               max_perplexity_ratio=1.0001, max_latency_ratio=None)
+                               max_perplexity_ratio=1.0001, max_latency_ratio=None, min_label_agreement=1.0)
     return DriftThresholds(min_exact_match=t.min_exact_match, max_mean_kl=t.max_mean_kl, min_cosine=t.min_cosine,
-                           max_perplexity_ratio=t.max_perplexity_ratio, max_latency_ratio=t.max_latency_ratio)
+                           max_perplexity_ratio=t.max_perplexity_ratio, max_latency_ratio=t.max_latency_ratio,
+                           min_label_agreement=t.min_label_agreement)

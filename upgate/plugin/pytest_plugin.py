@@ -194,8 +194,11 @@ def pg_tools(config: Config) -> Callable[[str], str]:
 
 
 @pytest.fixture
-def evidence(request: pytest.FixtureRequest, run_dir: RunDir) -> Callable[..., None]:
-    """Attach evidence to this gate: a CheckResult or any JSON-serialisable value (Allure + gates json)."""
+def evidence(request: pytest.FixtureRequest, run_dir: RunDir, phase: str) -> Callable[..., None]:
+    """Attach evidence to this gate: a CheckResult or any JSON-serialisable value (Allure + gates json).
+
+    Files are `evidence/<phase>-<gate>-<label>.json`: a rollback's proof never overwrites the post gate's figures.
+    """
     names = request.config.stash[_evidence_key].setdefault(request.node.nodeid, [])
 
     def attach(name: str, data: CheckResult | Any) -> None:
@@ -204,7 +207,7 @@ def evidence(request: pytest.FixtureRequest, run_dir: RunDir) -> Callable[..., N
         names.append(name)
         folder = run_dir.path / "evidence"
         folder.mkdir(parents=True, exist_ok=True)
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{request.node.name}-{name}")
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{phase}-{request.node.name}-{name}")
         (folder / f"{safe}.json").write_text(text + "\n", encoding="utf-8")
         try:
             import allure

@@ -1,6 +1,9 @@
 """Post-gate: every configured model still loads and answers like the baseline, within the thresholds.
 
-In the rollback phase the thresholds are identity: the old model must be back, answer for answer.
+Only the gates that mean something for a model's task run (others are deselected): causal-lm compares greedy
+continuations, the token distributions (KL) and perplexity; classification compares labels and the label
+distribution; embedding compares vectors by cosine. In the rollback phase the thresholds are identity: the old
+model must be back, answer for answer.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from upgate.checks.inference import (
     check_compatibility,
     check_divergence,
     check_exact_match,
+    check_label_agreement,
     check_latency,
     check_perplexity,
     check_smoke,
@@ -63,11 +67,14 @@ def test_model_checkpoint_is_compatible(local_model, evidence):
 
 
 def test_model_answers_the_prompt_set(local_model, current, evidence):
+    """Every weight came from the checkpoint (the loader's report), finite outputs, an answer per prompt."""
     result = check_smoke(current, local_model.name, local_model.thresholds.max_prompt_latency_s)
+    evidence("loader report", current.load_report)
     evidence("smoke", result)
     assert result.ok, result.summary
 
 
+@pytest.mark.model_tasks("causal-lm")
 def test_greedy_continuations_match_baseline(local_model, baseline, current, thresholds, evidence):
     result = check_exact_match(baseline.continuations, current.continuations, thresholds.min_exact_match,
                                local_model.name)
@@ -75,13 +82,32 @@ def test_greedy_continuations_match_baseline(local_model, baseline, current, thr
     assert result.ok, result.summary
 
 
+@pytest.mark.model_tasks("classification")
+def test_labels_agree_with_baseline(local_model, baseline, current, thresholds, evidence):
+    result = check_label_agreement(baseline.continuations, current.continuations, thresholds.min_label_agreement,
+                                   local_model.name)
+    evidence("label agreement", result)
+    assert result.ok, result.summary
+
+
+@pytest.mark.model_tasks("causal-lm", "classification")
 def test_output_distribution_close_to_baseline(local_model, baseline, current, thresholds, evidence):
     result = check_divergence(baseline, current, thresholds, local_model.name)
     evidence("divergence", result)
     assert result.ok, result.summary
 
 
+@pytest.mark.model_tasks("embedding")
+def test_embeddings_close_to_baseline(local_model, baseline, current, thresholds, evidence):
+    result = check_divergence(baseline, current, thresholds, local_model.name)
+    evidence("cosine", result)
+    assert result.ok, result.summary
+
+
+@pytest.mark.model_tasks("causal-lm")
 def test_perplexity_within_threshold(local_model, baseline, current, thresholds, evidence):
+    if local_model.reference_text is None:
+        pytest.skip(f"model '{local_model.name}': perplexity not configured (models.reference_text)")
     result = check_perplexity(baseline.perplexity, current.perplexity, thresholds.max_perplexity_ratio,
                               local_model.name)
     evidence("perplexity", result)
@@ -95,6 +121,7 @@ def test_latency_within_threshold(local_model, baseline, current, thresholds, ev
     assert result.ok, result.summary
 
 
+@pytest.mark.model_tasks("causal-lm")
 def test_endpoint_continuations_match_baseline(endpoint_model, run_dir, phase, thresholds, evidence):
     m = endpoint_model
     before = load_endpoint(run_dir.path, m.name)

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from upgate.fixtures.realapps import targets
 from upgate.fixtures.realapps.observe import (
     listening_pids,
     port_owners,
@@ -66,3 +67,26 @@ def wait_for_both(base_url: str) -> set[str]:
         if {"v1-escaping", "v2"} <= seen:
             break
     return seen - {"down"}
+
+
+def test_a_start_that_fails_half_way_stops_what_it_started(venv, pg_server, tmp_path, monkeypatch) -> None:
+    venv("gunicorn")
+    spawned: list[subprocess.Popen[bytes]] = []
+    real_spawn = targets._spawn
+
+    def spawn(*args, **kwargs):
+        proc = real_spawn(*args, **kwargs)
+        spawned.append(proc)
+        return proc
+
+    def broken_plan(*args, **kwargs):
+        raise RuntimeError("plan template broken")
+
+    monkeypatch.setattr(targets, "_spawn", spawn)
+    monkeypatch.setattr(targets, "render_plan", broken_plan)
+    with pytest.raises(RuntimeError, match="plan template broken"):
+        targets.start_target("gunicorn-deploy-leftover-worker", pg_server, tmp_path / "t")
+    assert len(spawned) == 1
+    escaped = {int(p) for p in (tmp_path / "t" / "escaped.pids").read_text().split()}
+    assert escaped and not process_tree(spawned[0].pid)
+    assert not any(process_tree(pid) for pid in escaped), "the escaped daemon outlived a failed start"

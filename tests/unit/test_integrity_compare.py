@@ -10,7 +10,7 @@ import pytest
 from upgate.checks.integrity import (
     Damage,
     Fingerprint,
-    _sort_by_key,
+    _Collector,
     compare_fingerprints,
     diff_fingerprints,
     split_excluded,
@@ -99,7 +99,7 @@ def test_mismatched_columns_are_refused() -> None:
 
 
 def test_hashed_keys_are_named_from_the_side_files(tmp_path: Path) -> None:
-    names = tmp_path / "memories.keys.txt"
+    names = tmp_path / "memories.key-names.txt"
     names.write_text('\n0000000000000002\t["t1", "b"]\n0000000000000003\t["t1", "c"]'
                      '\nfffffffffffffffe\t["t2", null]')
     base = hashed_fp([-2, 2, 3], [1, 2, 3], names)
@@ -141,20 +141,32 @@ def test_signed_and_unsigned_hashes_compare_equal() -> None:
     assert compare_fingerprints(base, current).ok
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_sort_in_place_keeps_each_hash_with_its_key(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("upgate.checks.integrity._BLOCK", 1000)  # several blocks on a small array
-    rng = np.random.default_rng(seed)
-    keys = rng.permutation(np.arange(-5000, 5000, dtype=np.int64) * 7919)
+@pytest.mark.parametrize("layout", ["random", "nearly sorted", "in order", "one run", "with empty runs"])
+def test_chunks_come_out_in_key_order_with_their_hashes(layout: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("upgate.checks.integrity._MERGE_ROWS", 1000)  # many merge steps on a small table
+    monkeypatch.setattr("upgate.checks.integrity._FENCE", 16)
+    rng = np.random.default_rng(len(layout))
+    keys = np.arange(-20_000, 20_000, dtype=np.int64) * 7919
+    if layout == "random":
+        keys = rng.permutation(keys)
+    elif layout == "nearly sorted":  # as a heap stores rows: a few land a little before their neighbours
+        moved = rng.choice(keys.size - 50, 400, replace=False)
+        keys[moved], keys[moved + 37] = keys[moved + 37], keys[moved].copy()
     hashes = (keys.astype(np.uint64) * np.uint64(2654435761)) ^ np.uint64(0xABCDEF)
     expected = dict(zip(keys.tolist(), hashes.tolist(), strict=True))
-    _sort_by_key(keys, hashes)
-    assert bool(np.all(np.diff(keys) > 0))
-    assert dict(zip(keys.tolist(), hashes.tolist(), strict=True)) == expected
+    collector = _Collector("integer", None)
+    cuts = [0, keys.size] if layout == "one run" else [0, *range(3000, keys.size, 3000), keys.size]
+    if layout == "with empty runs":
+        cuts = [0, 0, *range(5000, keys.size, 5000), keys.size, keys.size]
+    for index, (lo, hi) in enumerate(zip(cuts, cuts[1:], strict=False)):
+        collector(index, hi - lo, keys[lo:hi].astype(">i8"), hashes[lo:hi].astype(">u8"), None)
+    out_keys, out_hashes = collector.assemble()
+    assert bool(np.all(np.diff(out_keys) > 0)) and out_keys.size == keys.size
+    assert dict(zip(out_keys.tolist(), out_hashes.tolist(), strict=True)) == expected
 
 
 def test_save_load_round_trip_without_database(tmp_path: Path) -> None:
-    names = tmp_path / "src.keys.txt"
+    names = tmp_path / "src.key-names.txt"
     names.write_text('\n0000000000000001\t["a", null]')
     base = hashed_fp([1, 2], [1, 2], names)
     base.types = {"tenant": "text", "slug": "text", "body": "text"}

@@ -439,3 +439,23 @@ def test_missing_table_and_duplicate_keys_are_explained(pg_url: str) -> None:
         fingerprint_table(pg_url, "heap", key=["n"])
     with pytest.raises(ValueError, match="no column 'nope'"):
         fingerprint_table(pg_url, "heap", columns=["nope"])
+
+
+def test_a_key_hash_collision_is_retried_with_another_seed(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from upgate.checks import integrity
+
+    run(pg_url, "CREATE TABLE k (code text PRIMARY KEY, v int)",
+        "INSERT INTO k SELECT 'c' || i, i FROM generate_series(1, 100) AS i")
+    real = integrity._count_duplicates
+    calls: list[int] = []
+
+    def collide_once(keys: np.ndarray) -> int:
+        calls.append(1)
+        return 1 if len(calls) == 1 else real(keys)
+
+    monkeypatch.setattr(integrity, "_count_duplicates", collide_once)
+    baseline = fingerprint_table(pg_url, "k")
+    assert baseline.key_seed == 2 and baseline.count == 100  # the second seed
+    monkeypatch.setattr(integrity, "_count_duplicates", real)
+    run(pg_url, "DELETE FROM k WHERE code = 'c5'")
+    assert fingerprint_and_compare(pg_url, baseline).evidence["lost"]["first"] == ["c5"]

@@ -195,3 +195,21 @@ def test_bookkeeping_tables_are_split_off_by_pattern() -> None:
     assert kept == ["logs", "schema_migrations_x"]
     assert excluded == ['"__EFMigrationsHistory"', "alembic_version", "app.django_migrations"]
     assert split_excluded(["audit_2026", "audit"], ["audit_*"]) == (["audit"], ["audit_2026"])
+
+
+def test_bookkeeping_tables_are_excluded_by_default_and_shown_by_check_config(tmp_path: Path, capsys) -> None:
+    from upgate.cli import main
+    from upgate.config import IntegrityConfig
+
+    defaults = IntegrityConfig().excluded()
+    for table in ("alembic_version", "django_migrations", "flyway_schema_history", "schema_migrations",
+                  "knex_migrations", "__EFMigrationsHistory", "goose_db_version", "databasechangelog",
+                  "databasechangeloglock"):
+        assert table in defaults
+    assert IntegrityConfig(extend_exclude=["audit_*"]).excluded() == [*defaults, "audit_*"]
+    assert IntegrityConfig(exclude=[]).excluded() == []
+    config = tmp_path / "upgate.toml"
+    config.write_text('[target]\nname = "app"\n\n[database]\nurl = "postgresql://app@db/prod"\n')
+    assert main(["check-config", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "integrity tables: all" in out and "alembic_version, django_migrations" in out

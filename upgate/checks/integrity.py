@@ -421,20 +421,15 @@ class _Collector:
                  names: str | None) -> None:
         maps: list[mmap.mmap] = []
         hashes = _mapped(count, np.uint64, maps)
-        if chunk_keys is None:
-            keys = None
-            hashes[:] = chunk_hashes
-        else:
-            arrived = chunk_keys.astype(np.int64)
+        keys = None
+        if chunk_keys is not None:
             keys = _mapped(count, np.int64, maps)
-            if _is_sorted(arrived):
-                keys[:] = arrived
-                hashes[:] = chunk_hashes
-            else:
-                order = np.argsort(arrived)
-                np.take(arrived, order, out=keys)
-                hashes[:] = chunk_hashes[order]
-            del arrived
+            keys[:] = chunk_keys
+            if not _is_sorted(keys):
+                order = np.argsort(keys)
+                keys[:] = keys[order]
+                chunk_hashes = chunk_hashes[order]
+        hashes[:] = chunk_hashes
         with self.lock:
             self.runs[index] = _Run(keys, hashes, maps)
             if self.names is not None and names:
@@ -517,7 +512,8 @@ def _merge_runs(runs: Sequence[_Run], keys: np.ndarray, hashes: np.ndarray) -> N
 
 def _mapped(count: int, dtype: type[np.generic], maps: list[mmap.mmap]) -> np.ndarray:
     """An array in its own anonymous mapping: its pages go back to the OS as soon as it is released."""
-    mapping = mmap.mmap(-1, max(1, count * np.dtype(dtype).itemsize))
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)  # faulted in at once
+    mapping = mmap.mmap(-1, max(1, count * np.dtype(dtype).itemsize), flags=flags)
     maps.append(mapping)
     return np.frombuffer(mapping, dtype=dtype, count=count)
 
@@ -775,8 +771,16 @@ class _Matcher:
             keys, hashes = keys[order], hashes[order]
         if _count_duplicates(keys):
             raise ValueError(f"table {self.baseline.table!r}: key {self.baseline.key_columns} is not unique now")
-        if self.keys.size:
-            pos = np.searchsorted(self.keys, keys)
+        if self.keys.size and keys.size:
+            # Search only the baseline's slice this block's keys span: for a heap in near key order that is
+            # about the block's own size, and stays in cache.
+            lo = int(np.searchsorted(self.keys, keys[0]))
+            hi = min(int(np.searchsorted(self.keys, keys[-1], "right")), self.keys.size)
+            if hi > lo:
+                pos = np.searchsorted(self.keys[lo:hi], keys)
+                pos += lo
+            else:
+                pos = np.full(keys.size, lo, dtype=np.intp)
             np.minimum(pos, self.keys.size - 1, out=pos)
             found = self.keys[pos] == keys
         else:

@@ -58,7 +58,7 @@ def test_json_and_python_reprs_stay_valid_and_lose_only_the_values() -> None:
 
 
 def test_ordinary_text_is_left_alone() -> None:
-    for text in ("http://127.0.0.1:8080/ready", "episodic_logs: 3 rows lost (ids 17, 42, 99)",
+    for text in ("http://127.0.0.1:8080/ready", "postgresql://postgres:@/db?host=/tmp/pg", "episodic_logs: 3 rows lost (ids 17, 42, 99)",
                  "max_tokens=16", "token_count: 5", "user@example.com wrote", "PWD=/work/app"):
         assert redact(text) == text
 

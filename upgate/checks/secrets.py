@@ -34,7 +34,7 @@ _SCHEME = r"(?:(?:bearer|basic|token|digest|negotiate)[ \t]+)?"
 # scheme://user:password@host: the password runs to the last "@" of the token (an unencoded one may hold
 # ":", "@" and "/"); a backslash-escaped character (JSON) is part of it.
 _URL_PASSWORD = re.compile(
-    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^\s:/@\"'<>\\]*):(?P<pw>(?:\\.|[^\s\"'<>\\])*)@"
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^\s:/@\"'<>\\]*):(?P<pw>(?:\\.|[^\s\"'<>\\])+)@"
 )
 # "password": "..." and 'Authorization': 'Bearer ...' (JSON, Python reprs): the value inside its quotes.
 _QUOTED_KEY = re.compile(

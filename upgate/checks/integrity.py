@@ -317,8 +317,10 @@ def fingerprint_table(
 
     key defaults to the primary key; a table without one (or `key=[]`) is fingerprinted as a multiset of
     row hashes. `as_types` hashes a column as another type (`{"score": "numeric(12,4)"}`: the type a
-    planned migration gives it). Raises ValueError for a missing table or column, or a key that is not
-    unique; psycopg.Error when the database fails.
+    planned migration gives it). `key_seed` fixes the seed of hashed keys (default: 1, and another one
+    should two keys hash alike); `timezone` the session TimeZone (default: the server's); `name_keys`
+    writes the readable form of hashed keys to a side file (`Fingerprint.key_names`). Raises ValueError
+    for a missing table or column, or a key that is not unique; psycopg.Error when the database fails.
     """
     retries = 0 if key_seed is not None else 2
     seed = 1 if key_seed is None else key_seed

@@ -13,7 +13,7 @@ help:
 	@echo "               slow|contract-break|locking|model-good|model-regression)"
 	@echo "make demo-all  every demo scenario, one after the other"
 	@echo "make test      lint, type check, and upgate's own tests (unit, integration on real PostgreSQL, e2e)"
-	@echo "make bench     benchmarks (bench/): integrity fingerprint throughput against the floor; perf A/A spread and Locust req/s"
+	@echo "make bench     benchmarks (bench/): integrity fingerprints against the floor and bytes per row; downtime error; perf A/A spread and Locust req/s"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,7 @@ test: lint typecheck report-tools
 
 bench: $(STAMP)
 	$(BIN)/python bench/integrity.py
+	$(BIN)/python bench/downtime.py
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/perf.py
 

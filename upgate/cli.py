@@ -134,6 +134,10 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"  {name:<9} {'gated' if on else 'not configured (its gates are skipped)'}")
     if config.database.url:
         print(f"  database  {redact(config.database.url)}")
+        tables = config.integrity.tables
+        print(f"  integrity tables: {'all' if tables == 'all' else ', '.join(tables)}")
+        if tables == "all":
+            print(f"  integrity excluded (exclude + extend_exclude): {', '.join(config.integrity.excluded())}")
     return 0
 
 

@@ -103,13 +103,39 @@ class ThresholdsConfig(Section):
 class IntegrityConfig(Section):
     # "all" or a list of table names (schema-qualified or in the search path).
     tables: Literal["all"] | list[str] = "all"
-    # Key columns per table; a table not listed uses its primary key.
+    # Left out of tables = "all" (glob patterns on the table name, any case): migration tools' bookkeeping,
+    # which every migration rewrites. Setting `exclude` replaces this list; `extend_exclude` adds to it.
+    exclude: list[str] = [
+        "alembic_version",  # Alembic
+        "django_migrations",  # Django
+        "flyway_schema_history",  # Flyway
+        "schema_migrations", "ar_internal_metadata",  # Rails, golang-migrate, dbmate
+        "knex_migrations", "knex_migrations_lock",  # Knex
+        "__EFMigrationsHistory",  # Entity Framework
+        "goose_db_version",  # goose
+        "databasechangelog", "databasechangeloglock",  # Liquibase
+        "_prisma_migrations",  # Prisma
+        "__diesel_schema_migrations",  # Diesel
+        "_sqlx_migrations",  # sqlx
+        "SequelizeMeta",  # Sequelize
+        "mikro_orm_migrations",  # MikroORM
+        "doctrine_migration_versions",  # Doctrine
+        "phinxlog",  # Phinx
+        "_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_lock",  # yoyo
+    ]
+    extend_exclude: list[str] = []
+    # Key columns per table; a table not listed uses its primary key, and one without is compared as
+    # a multiset of whole rows.
     keys: dict[str, list[str]] = {}
     # Columns the migration is expected to change, per table: left out of the fingerprint.
     may_change: dict[str, list[str]] = {}
     allow_added_rows: bool = True
     report_first: int = Field(default=20, gt=0)
     workers: int = Field(default=2, ge=1, le=16)
+
+    def excluded(self) -> list[str]:
+        """The patterns tables = "all" leaves out: exclude, then extend_exclude."""
+        return [*self.exclude, *self.extend_exclude]
 
 
 class ProbeConfig(Section):

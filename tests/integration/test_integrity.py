@@ -13,9 +13,12 @@ import pytest
 from upgate.checks.integrity import (
     Fingerprint,
     compare_fingerprints,
+    diff_table,
     fingerprint_and_compare,
     fingerprint_table,
+    key_hashes,
     list_tables,
+    name_keys,
     primary_key,
     table_columns,
 )
@@ -164,28 +167,216 @@ def test_value_changes_invisible_to_equality_are_found(
     assert result.evidence["changed"] == {"count": 1, "first": [2]}, result.summary
 
 
-def test_text_primary_key_fallback(pg_url: str) -> None:
+def test_text_primary_key_is_hashed_and_its_keys_named(pg_url: str) -> None:
     run(
         pg_url,
         "CREATE TABLE memories (slug text PRIMARY KEY, body text)",
         "INSERT INTO memories SELECT 'm' || i, md5(i::text) FROM generate_series(1, 500) AS i",
     )
     baseline = fingerprint_table(pg_url, "memories")
-    assert baseline.count == 500 and isinstance(baseline.keys, list)
+    assert baseline.count == 500 and baseline.key_kind == "hashed"
+    assert baseline.keys.dtype == np.int64 and bool(np.all(np.diff(baseline.keys) > 0))
     run(
         pg_url,
         "DELETE FROM memories WHERE slug = 'm7'",
         "UPDATE memories SET body = 'x' WHERE slug = 'm8'",
         "INSERT INTO memories VALUES ('new', 'y')",
     )
-    result = fingerprint_and_compare(pg_url, baseline)
+    result = fingerprint_and_compare(pg_url, baseline, allow_added=False)
     assert not result.ok
-    assert result.evidence["lost"]["first"] == ["m7"]
-    assert result.evidence["changed"]["first"] == ["m8"]
-    assert result.evidence["added"]["first"] == ["new"]
+    assert result.evidence["lost"] == {"count": 1, "first": ["m7"]}  # named from the baseline's side file
+    assert result.evidence["changed"] == {"count": 1, "first": ["m8"]}
+    assert result.evidence["added"] == {"count": 1, "first": ["new"]}  # named by a second, targeted query
+    assert "keys m7" in result.summary
 
 
-def test_composite_key_fallback_in_another_schema(pg_url: str) -> None:
+SIX_COLUMN_KEY = """CREATE TABLE events (tenant text, device uuid, at timestamptz, seq int, kind text, shard smallint,
+                    payload jsonb, PRIMARY KEY (tenant, device, at, seq, kind, shard))"""
+
+
+def test_six_column_composite_key_of_mixed_types(pg_url: str) -> None:
+    run(
+        pg_url,
+        SIX_COLUMN_KEY,
+        """INSERT INTO events SELECT 'tenant ' || (i % 3), md5((i % 5)::text)::uuid,
+                  timestamptz '2026-01-01 00:00:00+00' + (i / 7) * interval '1 minute', i, 'k' || (i % 2), i % 4,
+                  jsonb_build_object('i', i)
+           FROM generate_series(1, 2000) AS i""",
+    )
+    with psycopg.connect(pg_url) as conn:
+        assert len(primary_key(conn, "events")) == 6
+    baseline = fingerprint_table(pg_url, "events", workers=2)
+    assert baseline.key_kind == "hashed" and baseline.count == 2000
+    device = str(uuid.UUID(hashlib.md5(b"0").hexdigest()))
+    run(
+        pg_url,
+        "DELETE FROM events WHERE seq = 10",
+        "UPDATE events SET payload = '{}' WHERE seq = 11",
+        f"INSERT INTO events VALUES ('tenant 9', '{device}', '2026-02-01 00:00:00+00', 1, 'k0', 0, '{{}}')",
+    )
+    result = fingerprint_and_compare(pg_url, baseline, allow_added=False)
+    lost = ["tenant 1", str(uuid.UUID(hashlib.md5(b"0").hexdigest())), "2026-01-01 00:01:00+00", "10", "k0", "2"]
+    assert result.evidence["lost"] == {"count": 1, "first": [lost]}, result.summary
+    assert result.evidence["changed"]["first"][0][3] == "11"
+    assert result.evidence["added"]["first"] == [["tenant 9", device, "2026-02-01 00:00:00+00", "1", "k0", "0"]]
+    assert "keys (tenant 1, " in result.summary
+
+
+def test_keyless_table_is_compared_as_a_multiset_of_rows(pg_url: str) -> None:
+    run(
+        pg_url,
+        "CREATE TABLE audit (who text, what text, n int)",
+        "INSERT INTO audit SELECT 'u' || (i % 10), 'did ' || (i % 4), i % 3 FROM generate_series(1, 600) AS i",
+        "INSERT INTO audit VALUES ('solo', 'once', 42)",
+    )
+    baseline = fingerprint_table(pg_url, "audit")
+    assert baseline.key_kind == "rows" and baseline.key_columns == [] and baseline.count == 601
+    assert fingerprint_and_compare(pg_url, baseline).ok
+    run(
+        pg_url,
+        # one copy of a row that has several: the copies left name it
+        "DELETE FROM audit WHERE ctid = (SELECT min(ctid) FROM audit WHERE who = 'u1' AND what = 'did 1' AND n = 1)",
+        "DELETE FROM audit WHERE who = 'solo'",  # the only copy: known by its hash
+        "INSERT INTO audit VALUES ('intruder', 'came', 7)",
+    )
+    result = fingerprint_and_compare(pg_url, baseline, allow_added=False)
+    assert not result.ok
+    assert result.evidence["key_kind"] == "rows"
+    assert result.evidence["lost"]["count"] == 2 and result.evidence["added"]["count"] == 1
+    assert result.evidence["changed"]["count"] == 0
+    lost_rows = {item["row"] for item in result.evidence["lost"]["first"]}
+    assert lost_rows == {"(u1,\"did 1\",1)", None}
+    assert result.evidence["added"]["first"] == [
+        {"row_hash": result.evidence["added"]["first"][0]["row_hash"], "copies": 1, "row": "(intruder,came,7)"}
+    ]
+    assert "no key: compared as a multiset of rows" in result.summary
+
+
+def test_keyless_table_counts_each_lost_copy(pg_url: str) -> None:
+    run(pg_url, "CREATE TABLE tags (tag text)", "INSERT INTO tags SELECT 'same' FROM generate_series(1, 5)")
+    baseline = fingerprint_table(pg_url, "tags")
+    run(pg_url, "DELETE FROM tags WHERE ctid IN (SELECT ctid FROM tags LIMIT 3)")
+    result = fingerprint_and_compare(pg_url, baseline)
+    assert result.evidence["lost"]["count"] == 3
+    assert [(i["copies"], i["row"]) for i in result.evidence["lost"]["first"]] == [(3, "(same)")]
+    assert "3 rows lost ((same) ×3)" in result.summary
+
+
+RETYPES = [
+    # column, type before, type after, a value
+    ("n", "integer", "bigint", "7"),
+    ("label", "varchar(20)", "text", "'seven'"),
+    ("short", "varchar(10)", "varchar(40)", "'abc'"),
+    ("amount", "numeric(10,2)", "numeric(14,4)", "1.5"),
+    ("price", "numeric(8,2)", "numeric", "2.25"),
+    ("seen", "timestamp", "timestamptz", "'2026-03-01 12:00:00'"),
+    ("ratio", "real", "double precision", "0.1"),
+    ("day", "date", "timestamp", "'2026-03-02'"),
+    ("small", "smallint", "numeric(12,2)", "3"),
+]
+
+
+@pytest.fixture
+def retyped_url(pg_url: str) -> str:
+    columns = ", ".join(f"{name} {before}" for name, before, _after, _value in RETYPES)
+    values = ", ".join(value for *_rest, value in RETYPES)
+    run(
+        pg_url,
+        f"CREATE TABLE r (id int PRIMARY KEY, {columns})",
+        f"INSERT INTO r SELECT i, {values} FROM generate_series(1, 50) AS i",
+        f"UPDATE r SET {', '.join(f'{name} = NULL' for name, *_ in RETYPES)} WHERE id = 50",
+    )
+    return pg_url
+
+
+def _retype(url: str, which: str) -> None:
+    column = 2 if which == "after" else 1
+    run(url, "ALTER TABLE r " + ", ".join(f"ALTER COLUMN {r[0]} TYPE {r[column]}" for r in RETYPES))
+
+
+@pytest.mark.parametrize("planned", [True, False], ids=["types-known-from-the-dry-run", "types-found-after"])
+def test_compatibly_retyped_columns_compare_by_value(retyped_url: str, planned: bool) -> None:
+    with psycopg.connect(retyped_url) as conn:
+        before = dict(table_columns(conn, "r"))
+    as_types = {name: after for name, _before, after, _value in RETYPES} if planned else None
+    baseline = fingerprint_table(retyped_url, "r", as_types=as_types)
+    _retype(retyped_url, "after")
+    result = fingerprint_and_compare(retyped_url, baseline)
+    assert result.ok, result.summary
+    assert result.summary == "r: 50 rows, 0 lost, 0 changed, 0 added"
+    run(retyped_url, "UPDATE r SET n = 8 WHERE id = 2", "UPDATE r SET seen = seen + interval '1 hour' WHERE id = 4")
+    changed = fingerprint_and_compare(retyped_url, baseline)
+    assert changed.evidence["changed"] == {"count": 2, "first": [2, 4]}, changed.summary
+    run(retyped_url, "UPDATE r SET n = 7, seen = '2026-03-01 12:00:00' WHERE id IN (2, 4)",
+        "UPDATE r SET amount = 1.5001 WHERE id = 3")  # a digit the old numeric(10,2) had no room for
+    result = fingerprint_and_compare(retyped_url, baseline)
+    assert not result.ok
+    if planned:
+        assert result.evidence["changed"] == {"count": 1, "first": [3]}, result.summary
+        # the rollback puts the old types back: the same values again
+        run(retyped_url, "UPDATE r SET amount = 1.5 WHERE id = 3")
+        _retype(retyped_url, "before")
+        with psycopg.connect(retyped_url) as conn:
+            assert dict(table_columns(conn, "r")) == before
+        assert fingerprint_and_compare(retyped_url, baseline).ok
+    else:  # read back as the old type, the extra digit would round away: the scan stops and says why
+        assert "column amount holds a value that numeric(10,2) cannot hold unchanged: 1.5001" in result.summary
+
+
+def test_a_value_only_the_wider_type_holds_is_a_change_by_key(retyped_url: str) -> None:
+    baseline = fingerprint_table(retyped_url, "r")
+    _retype(retyped_url, "after")
+    run(retyped_url, "UPDATE r SET n = 9000000000 WHERE id = 1")  # integer and bigint hash alike: no cast
+    result = fingerprint_and_compare(retyped_url, baseline)
+    assert result.evidence["changed"] == {"count": 1, "first": [1]}, result.summary
+
+
+def test_partitioned_table_is_read_partition_by_partition(pg_url: str) -> None:
+    run(
+        pg_url,
+        "CREATE TABLE m (id bigint PRIMARY KEY, v text) PARTITION BY RANGE (id)",
+        "CREATE TABLE m_lo PARTITION OF m FOR VALUES FROM (0) TO (1000)",
+        "CREATE TABLE m_hi PARTITION OF m FOR VALUES FROM (1000) TO (MAXVALUE)",
+        "INSERT INTO m SELECT i, repeat('x', i % 50) FROM generate_series(1, 3000) AS i",
+        "ANALYZE m",
+    )
+    baseline = fingerprint_table(pg_url, "m")
+    assert baseline.count == 3000 and bool(np.all(np.diff(baseline.keys) > 0))
+    run(pg_url, "DELETE FROM m WHERE id IN (5, 2500)", "UPDATE m SET v = 'y' WHERE id = 1500")
+    result = fingerprint_and_compare(pg_url, baseline)
+    assert result.evidence["lost"] == {"count": 2, "first": [5, 2500]}
+    assert result.evidence["changed"] == {"count": 1, "first": [1500]}
+
+
+def test_diff_table_returns_every_damaged_key_and_honours_ignore(logs_url: str) -> None:
+    baseline = fingerprint_table(logs_url, "episodic_logs")
+    run(logs_url, "DELETE FROM episodic_logs WHERE id <= 300", "UPDATE episodic_logs SET tokens = -1 WHERE id > 4900")
+    damage = diff_table(logs_url, baseline)
+    assert damage.lost.tolist() == list(range(1, 301))
+    assert damage.changed.tolist() == list(range(4901, ROWS + 1))
+    assert damage.current_count == ROWS - 300
+    live = np.arange(4901, 4951)  # say live traffic wrote these
+    result = fingerprint_and_compare(logs_url, baseline, ignore=live, first=3)
+    assert result.evidence["lost"] == {"count": 300, "first": [1, 2, 3]}
+    assert result.evidence["changed"] == {"count": 50, "first": [4951, 4952, 4953]}
+    assert result.evidence["attributed"] == {"lost": 0, "changed": 50, "added": 0}
+
+
+def test_key_hashes_let_callers_name_hashed_keys(pg_url: str) -> None:
+    run(pg_url, SIX_COLUMN_KEY, """INSERT INTO events SELECT 't', md5(i::text)::uuid, '2026-01-01', i, 'k', 1, '{}'
+                                   FROM generate_series(1, 20) AS i""")
+    baseline = fingerprint_table(pg_url, "events")
+    device = str(uuid.UUID(hashlib.md5(b"4").hexdigest()))
+    key = ("t", device, "2026-01-01 00:00:00+00", 4, "k", 1)
+    hashed = key_hashes(pg_url, baseline, [key])
+    assert hashed[0] in set(baseline.keys.tolist())
+    run(pg_url, "DELETE FROM events WHERE seq = 4")
+    result = fingerprint_and_compare(pg_url, baseline, ignore=hashed)
+    assert result.ok and result.evidence["attributed"]["lost"] == 1
+    assert name_keys(pg_url, baseline, baseline.keys[:2].tolist()) != {}
+
+
+def test_composite_key_in_another_schema(pg_url: str) -> None:
     run(
         pg_url,
         'CREATE SCHEMA "App"',
@@ -234,12 +425,37 @@ def test_empty_table(pg_url: str) -> None:
     assert result.ok and result.evidence["added"]["first"] == [1]
 
 
-def test_missing_table_and_missing_key_are_explained(pg_url: str) -> None:
+def test_missing_table_and_duplicate_keys_are_explained(pg_url: str) -> None:
     with pytest.raises(ValueError, match="not found"):
         fingerprint_table(pg_url, "nope")
-    run(pg_url, "CREATE TABLE heap (v text)")
-    with pytest.raises(ValueError, match="no primary key"):
-        fingerprint_table(pg_url, "heap")
-    run(pg_url, "INSERT INTO heap VALUES ('a'), ('a')")
+    run(pg_url, "CREATE TABLE heap (v text, n int)", "INSERT INTO heap VALUES ('a', 1), ('a', 1)")
+    assert fingerprint_table(pg_url, "heap").key_kind == "rows"
     with pytest.raises(ValueError, match="not unique"):
         fingerprint_table(pg_url, "heap", key=["v"])
+    with pytest.raises(ValueError, match="not unique"):
+        fingerprint_table(pg_url, "heap", key=["n"])
+    run(pg_url, "INSERT INTO heap VALUES ('b', NULL)")
+    with pytest.raises(ValueError, match="NULL"):
+        fingerprint_table(pg_url, "heap", key=["n"])
+    with pytest.raises(ValueError, match="no column 'nope'"):
+        fingerprint_table(pg_url, "heap", columns=["nope"])
+
+
+def test_a_key_hash_collision_is_retried_with_another_seed(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from upgate.checks import integrity
+
+    run(pg_url, "CREATE TABLE k (code text PRIMARY KEY, v int)",
+        "INSERT INTO k SELECT 'c' || i, i FROM generate_series(1, 100) AS i")
+    real = integrity._count_duplicates
+    calls: list[int] = []
+
+    def collide_once(keys: np.ndarray) -> int:
+        calls.append(1)
+        return 1 if len(calls) == 1 else real(keys)
+
+    monkeypatch.setattr(integrity, "_count_duplicates", collide_once)
+    baseline = fingerprint_table(pg_url, "k")
+    assert baseline.key_seed == 2 and baseline.count == 100  # the second seed
+    monkeypatch.setattr(integrity, "_count_duplicates", real)
+    run(pg_url, "DELETE FROM k WHERE code = 'c5'")
+    assert fingerprint_and_compare(pg_url, baseline).evidence["lost"]["first"] == ["c5"]

@@ -1,12 +1,20 @@
-"""compare_fingerprints on hand-built fingerprints: no database needed."""
+"""compare_fingerprints, the in-place sort and the file formats on hand-built fingerprints: no database."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from upgate.checks.integrity import Fingerprint, compare_fingerprints
+from upgate.checks.integrity import (
+    Damage,
+    Fingerprint,
+    _Collector,
+    compare_fingerprints,
+    diff_fingerprints,
+    split_excluded,
+)
 
 COLUMNS = ["id", "agent", "content"]
 
@@ -22,15 +30,15 @@ def int_fp(keys: list[int], hashes: list[int], columns: list[str] = COLUMNS) -> 
     )
 
 
-def text_fp(keys: list[tuple[str | None, ...]], hashes: list[int], key_columns: list[str]) -> Fingerprint:
-    return Fingerprint(
-        table="memories",
-        key_columns=key_columns,
-        columns=[*key_columns, "body"],
-        count=len(keys),
-        keys=keys,
-        hashes=np.array(hashes, dtype=np.uint64),
-    )
+def hashed_fp(key_hashes: list[int], hashes: list[int], names: Path | None = None) -> Fingerprint:
+    return Fingerprint("memories", ["tenant", "slug"], ["tenant", "slug", "body"], len(key_hashes),
+                       np.array(key_hashes, dtype=np.int64), np.array(hashes, dtype=np.uint64),
+                       key_kind="hashed", key_names=names)
+
+
+def rows_fp(hashes: list[int]) -> Fingerprint:
+    return Fingerprint("audit", [], ["who", "what"], len(hashes), np.empty(0, np.int64),
+                       np.sort(np.array(hashes, dtype=np.uint64)))
 
 
 def test_identical_fingerprints_are_ok() -> None:
@@ -39,6 +47,7 @@ def test_identical_fingerprints_are_ok() -> None:
     assert result.ok, result.summary
     assert result.summary == "episodic_logs: 3 rows, 0 lost, 0 changed, 0 added"
     assert result.evidence["lost"] == {"count": 0, "first": []}
+    assert result.evidence["key_kind"] == "integer"
 
 
 def test_lost_changed_added_are_named_by_key() -> None:
@@ -77,6 +86,7 @@ def test_first_n_truncates_lists_but_not_counts() -> None:
     result = compare_fingerprints(base, current, first=5)
     assert result.evidence["lost"] == {"count": 100, "first": [0, 1, 2, 3, 4]}
     assert result.summary.startswith("episodic_logs: 100 rows lost (ids 0, 1, 2, 3, 4, …)")
+    assert diff_fingerprints(base, current).lost.tolist() == list(range(100))  # the full list, for a repair
 
 
 def test_mismatched_columns_are_refused() -> None:
@@ -88,39 +98,118 @@ def test_mismatched_columns_are_refused() -> None:
     assert result.evidence["current_columns"] == ["id", "agent"]
 
 
-def test_text_and_composite_keys() -> None:
-    base = text_fp([("a",), ("b",), ("c",)], [1, 2, 3], ["name"])
-    result = compare_fingerprints(base, text_fp([("a",), ("c",), ("d",)], [1, 4, 5], ["name"]))
-    assert result.evidence["lost"]["first"] == ["b"]
-    assert result.evidence["changed"]["first"] == ["c"]
-    assert result.evidence["added"]["first"] == ["d"]
-    base = text_fp([("1", "x"), ("1", "y")], [1, 2], ["tenant", "slug"])
-    result = compare_fingerprints(base, text_fp([("1", "x")], [1], ["tenant", "slug"]))
-    assert result.evidence["lost"]["first"] == [["1", "y"]]
-    assert "keys (1, y)" in result.summary
+def test_hashed_keys_are_named_from_the_side_files(tmp_path: Path) -> None:
+    names = tmp_path / "memories.key-names.txt"
+    names.write_text('\n0000000000000002\t["t1", "b"]\n0000000000000003\t["t1", "c"]'
+                     '\nfffffffffffffffe\t["t2", null]')
+    base = hashed_fp([-2, 2, 3], [1, 2, 3], names)
+    result = compare_fingerprints(base, hashed_fp([-2, 3, 9], [1, 4, 5]))
+    assert result.evidence["lost"]["first"] == [["t1", "b"]]
+    assert result.evidence["changed"]["first"] == [["t1", "c"]]
+    assert result.evidence["added"]["first"] == ["#0000000000000009"]  # not in any side file: its hash
+    assert "keys (t1, b)" in result.summary
+    lost = compare_fingerprints(base, hashed_fp([2, 3], [2, 3]))
+    assert lost.evidence["lost"]["first"] == [["t2", None]]
 
 
-def test_integer_baseline_against_text_keys_after_a_key_type_change() -> None:
-    base = int_fp([1, 2], [10, 20])
-    current = Fingerprint(
-        "episodic_logs", ["id"], COLUMNS, 2, [("1",), ("2",)], np.array([10, 21], np.uint64)
-    )
-    result = compare_fingerprints(base, current)
-    assert result.evidence["changed"]["first"] == ["2"]
-    assert result.evidence["lost"]["count"] == 0
+def test_keyless_tables_compare_as_multisets() -> None:
+    base = rows_fp([5, 5, 5, 7, 9])
+    assert compare_fingerprints(base, rows_fp([9, 5, 7, 5, 5])).ok
+    result = compare_fingerprints(base, rows_fp([5, 7, 11]), allow_added=False)
+    assert result.evidence["lost"]["count"] == 3  # two copies of 5 and the 9
+    assert result.evidence["lost"]["first"] == [
+        {"row_hash": "#0000000000000005", "copies": 2, "row": None},
+        {"row_hash": "#0000000000000009", "copies": 1, "row": None},
+    ]
+    assert result.evidence["added"]["count"] == 1 and result.evidence["changed"]["count"] == 0
+    assert result.summary == ("audit: 3 rows lost (#0000000000000005 ×2, #0000000000000009), 0 changed, "
+                              "1 added (#000000000000000b) (no key: compared as a multiset of rows)")
+
+
+def test_ignore_attributes_differences_instead_of_failing() -> None:
+    base = int_fp([1, 2, 3], [10, 20, 30])
+    current = int_fp([1, 3, 4], [11, 30, 40])
+    result = compare_fingerprints(base, current, ignore=[1, 2, 4])
+    assert result.ok, result.summary
+    assert result.evidence["attributed"] == {"lost": 1, "changed": 1, "added": 1}
+    assert "attributed elsewhere: 1 lost, 1 changed, 1 added" in result.summary
 
 
 def test_signed_and_unsigned_hashes_compare_equal() -> None:
     base = int_fp([1], [2**63 + 5])
-    current = Fingerprint(
-        "episodic_logs", ["id"], COLUMNS, 1, np.array([1]), np.array([-(2**63) + 5], np.int64)
-    )
+    current = Fingerprint("episodic_logs", ["id"], COLUMNS, 1, np.array([1]), np.array([-(2**63) + 5], np.int64))
     assert compare_fingerprints(base, current).ok
 
 
+@pytest.mark.parametrize("layout", ["random", "nearly sorted", "in order", "one run", "with empty runs"])
+def test_chunks_come_out_in_key_order_with_their_hashes(layout: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("upgate.checks.integrity._MERGE_ROWS", 1000)  # many merge steps on a small table
+    monkeypatch.setattr("upgate.checks.integrity._FENCE", 16)
+    rng = np.random.default_rng(len(layout))
+    keys = np.arange(-20_000, 20_000, dtype=np.int64) * 7919
+    if layout == "random":
+        keys = rng.permutation(keys)
+    elif layout == "nearly sorted":  # as a heap stores rows: a few land a little before their neighbours
+        moved = rng.choice(keys.size - 50, 400, replace=False)
+        keys[moved], keys[moved + 37] = keys[moved + 37], keys[moved].copy()
+    hashes = (keys.astype(np.uint64) * np.uint64(2654435761)) ^ np.uint64(0xABCDEF)
+    expected = dict(zip(keys.tolist(), hashes.tolist(), strict=True))
+    collector = _Collector("integer", None)
+    cuts = [0, keys.size] if layout == "one run" else [0, *range(3000, keys.size, 3000), keys.size]
+    if layout == "with empty runs":
+        cuts = [0, 0, *range(5000, keys.size, 5000), keys.size, keys.size]
+    for index, (lo, hi) in enumerate(zip(cuts, cuts[1:], strict=False)):
+        collector(index, hi - lo, keys[lo:hi].astype(">i8"), hashes[lo:hi].astype(">u8"), None)
+    out_keys, out_hashes = collector.assemble()
+    assert bool(np.all(np.diff(out_keys) > 0)) and out_keys.size == keys.size
+    assert dict(zip(out_keys.tolist(), out_hashes.tolist(), strict=True)) == expected
+
+
 def test_save_load_round_trip_without_database(tmp_path: Path) -> None:
-    base = text_fp([("a", None), ("b", "")], [1, 2], ["k1", "k2"])
-    base.save(tmp_path)
-    loaded = Fingerprint.load(tmp_path, "memories")
-    assert loaded.keys == [("a", None), ("b", "")]
+    names = tmp_path / "src.key-names.txt"
+    names.write_text('\n0000000000000001\t["a", null]')
+    base = hashed_fp([1, 2], [1, 2], names)
+    base.types = {"tenant": "text", "slug": "text", "body": "text"}
+    base.save(tmp_path / "out")
+    loaded = Fingerprint.load(tmp_path / "out", "memories")
+    assert loaded.key_kind == "hashed" and loaded.types == base.types
+    assert loaded.key_names is not None and loaded.key_names.read_text() == names.read_text()
     assert compare_fingerprints(base, loaded).ok
+    keyless = rows_fp([3, 3, 1])
+    keyless.save(tmp_path / "out")
+    assert Fingerprint.load(tmp_path / "out", "audit").hashes.tolist() == [1, 3, 3]
+
+
+def test_damage_round_trip(tmp_path: Path) -> None:
+    damage = diff_fingerprints(int_fp([1, 2, 3], [1, 2, 3]), int_fp([2, 3, 4], [2, 9, 4]))
+    assert damage.save(tmp_path).name == "episodic_logs.damage.npz"
+    loaded = Damage.load(tmp_path, "episodic_logs")
+    assert (loaded.lost.tolist(), loaded.changed.tolist(), loaded.added.tolist()) == ([1], [3], [4])
+    assert loaded.table == "episodic_logs" and loaded.current_count == 3
+
+
+def test_bookkeeping_tables_are_split_off_by_pattern() -> None:
+    tables = ['"__EFMigrationsHistory"', "alembic_version", "app.django_migrations", "logs", "schema_migrations_x"]
+    kept, excluded = split_excluded(tables, ["__efmigrationshistory", "alembic_version", "django_migrations",
+                                             "schema_migrations"])
+    assert kept == ["logs", "schema_migrations_x"]
+    assert excluded == ['"__EFMigrationsHistory"', "alembic_version", "app.django_migrations"]
+    assert split_excluded(["audit_2026", "audit"], ["audit_*"]) == (["audit"], ["audit_2026"])
+
+
+def test_bookkeeping_tables_are_excluded_by_default_and_shown_by_check_config(tmp_path: Path, capsys) -> None:
+    from upgate.cli import main
+    from upgate.config import IntegrityConfig
+
+    defaults = IntegrityConfig().excluded()
+    for table in ("alembic_version", "django_migrations", "flyway_schema_history", "schema_migrations",
+                  "knex_migrations", "__EFMigrationsHistory", "goose_db_version", "databasechangelog",
+                  "databasechangeloglock"):
+        assert table in defaults
+    assert IntegrityConfig(extend_exclude=["audit_*"]).excluded() == [*defaults, "audit_*"]
+    assert IntegrityConfig(exclude=[]).excluded() == []
+    config = tmp_path / "upgate.toml"
+    config.write_text('[target]\nname = "app"\n\n[database]\nurl = "postgresql://app@db/prod"\n')
+    assert main(["check-config", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "integrity tables: all" in out and "alembic_version, django_migrations" in out

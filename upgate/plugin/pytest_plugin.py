@@ -386,11 +386,11 @@ def _integrity_tables(config: pytest.Config) -> list[str]:
         return list(cfg.integrity.tables)
     import psycopg
 
-    from upgate.checks.integrity import list_tables
+    from upgate.checks.integrity import list_tables, split_excluded
 
     try:
         with psycopg.connect(cfg.database.url, connect_timeout=int(cfg.database.connect_timeout_s)) as conn:
-            return list_tables(conn)
+            return split_excluded(list_tables(conn), cfg.integrity.excluded())[0]
     except psycopg.Error:
         return ["(database unreachable)"]
 

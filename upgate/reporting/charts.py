@@ -44,8 +44,29 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+# How each kind of failed probe is drawn on the timeline: marker, colour, legend text.
+FAILURE_STYLES = {
+    "refused": ("x", "#c62828", "refused (nothing listening, connection reset)"),
+    "hung": ("v", "#ef6c00", "hung (no answer within the timeout)"),
+    "http": ("s", "#6a1b9a", "answered with an error status"),
+    "error": ("d", "#4e342e", "other failure"),
+}
+
+
+def failed_probes_by_kind(timeline: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
+    """Send times of the failed probes per kind (timelines from before kinds were recorded: by status)."""
+    out: dict[str, list[float]] = {kind: [] for kind in FAILURE_STYLES}
+    for probe in timeline:
+        if probe.get("ok"):
+            continue
+        kind = probe.get("kind") or ("http" if probe.get("status") else "error")
+        out.setdefault(kind, []).append(float(probe["t"]))
+    return {kind: ts for kind, ts in out.items() if ts}
+
+
 def render_downtime(downtime: dict[str, Any], path: Path, budget_s: float | None = None) -> Path:
-    """The probe timeline: latency of each probe, failed probes in red, outages shaded; below, the steps."""
+    """The probe timeline: latency of each answered probe; failed probes by kind (refused, hung, ...) on a band
+    above; outages shaded; below, the steps."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -56,7 +77,7 @@ def render_downtime(downtime: dict[str, Any], path: Path, budget_s: float | None
     timeline = downtime.get("timeline") or []
     report = downtime.get("report") or {}
     urls = sorted({p["url"] for p in timeline})
-    palette = ["#1565c0", "#6a1b9a", "#00838f", "#4e342e"]
+    palette = ["#1565c0", "#00838f", "#2e7d32", "#37474f"]
     top = max([p["latency_ms"] for p in timeline if p.get("ok")] or [1.0])
     fail_y = top * 1.1
     for i, url in enumerate(urls):
@@ -64,9 +85,10 @@ def render_downtime(downtime: dict[str, Any], path: Path, budget_s: float | None
         if ok:
             ax.plot([t for t, _ in ok], [ms for _, ms in ok], ".", ms=4, color=palette[i % len(palette)],
                     label=f"answered: {url}")
-    failed = [p["t"] for p in timeline if not p.get("ok")]
-    if failed:
-        ax.plot(failed, [fail_y] * len(failed), "x", color="#c62828", ms=6, label=f"failed probes ({len(failed)})")
+    for kind, times in failed_probes_by_kind(timeline).items():
+        marker, color, text = FAILURE_STYLES.get(kind, FAILURE_STYLES["error"])
+        ax.plot(times, [fail_y] * len(times), marker, color=color, ms=6, ls="none",
+                label=f"{text}: {len(times)} probes")
     for outage in report.get("outages") or []:
         for a in (ax, lane):
             a.axvspan(outage["start_s"], outage["end_s"], color="#c62828", alpha=0.15, lw=0)
@@ -76,6 +98,9 @@ def render_downtime(downtime: dict[str, Any], path: Path, budget_s: float | None
     title = "Downtime timeline"
     if down is not None:
         title += f": {down:.2f} s down, longest outage {report.get('longest_outage_s', 0):.2f} s"
+        failures = report.get("failures") or {}
+        if failures:
+            title += " (" + ", ".join(f"{kind} {n}" for kind, n in failures.items()) + " probes)"
         if budget_s:
             title += f" (budget {budget_s:g} s)"
     ax.set_title(title)

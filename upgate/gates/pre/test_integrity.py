@@ -5,33 +5,43 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from upgate.checks.integrity import fingerprint_table, primary_key, table_columns
+from upgate.checks.integrity import Fingerprint, fingerprint_table, table_columns
+from upgate.checks.schema import type_widens
 
 pytestmark = pytest.mark.upgate_component("database")
 
 
 @pytest.fixture
-def preserved_columns(request, config, db_url, gated_table):
-    """Columns the migration keeps (from the dry run when a migration is planned), less those it may change."""
+def preserved(request, config, db_url, gated_table):
+    """(columns the migration keeps, less those it may change; {column: type it will have} for retyped ones).
+
+    A column the dry run retypes compatibly (integer -> bigint, varchar(n) -> text, timestamp -> timestamptz)
+    is kept and hashed as its new type, so a value the migration did not change compares equal.
+    """
     with psycopg.connect(db_url) as conn:
-        all_columns = [name for name, _type in table_columns(conn, gated_table)]
+        columns = dict(table_columns(conn, gated_table))
+    as_types: dict[str, str] = {}
     if config.migrate is not None:
         dry_run = request.getfixturevalue("dry_run")
-        kept = dry_run.preserved_columns.get(gated_table, dry_run.preserved_columns.get(f"public.{gated_table}"))
-        if kept is not None:
-            all_columns = [c for c in all_columns if c in kept]
+        after = dry_run.after_up.tables if dry_run.after_up is not None else {}
+        new = after.get(gated_table, after.get(f"public.{gated_table}"))
+        if new is not None:
+            kept = {c: new[c]["type"] for c in columns if c in new and type_widens(columns[c], new[c]["type"])}
+            as_types = {c: t for c, t in kept.items() if t != columns[c]}
+            columns = {c: t for c, t in columns.items() if c in kept}
     may_change = set(config.integrity.may_change.get(gated_table, []))
-    return [c for c in all_columns if c not in may_change]
+    return [c for c in columns if c not in may_change], as_types
 
 
-def test_fingerprint_baseline_captured(gated_table, db_url, config, preserved_columns, baseline_dir, evidence):
-    with psycopg.connect(db_url) as conn:
-        key = config.integrity.keys.get(gated_table) or primary_key(conn, gated_table)
-    assert key, (f"{gated_table}: no primary key; name its key columns in integrity.keys "
-                 f"(e.g. {gated_table} = [\"id\"])")
-    fingerprint = fingerprint_table(db_url, gated_table, columns=preserved_columns, key=key,
-                                    workers=config.integrity.workers)
+def test_fingerprint_baseline_captured(gated_table, db_url, config, preserved, baseline_dir, evidence):
+    columns, as_types = preserved
+    key = config.integrity.keys.get(gated_table)  # None: the primary key, or whole rows when there is none
+    fingerprint = fingerprint_table(db_url, gated_table, columns=columns, key=key, workers=config.integrity.workers,
+                                    as_types=as_types)
     fingerprint.save(baseline_dir / "fingerprints")
-    evidence("fingerprint", {"table": gated_table, "rows": fingerprint.count, "key": key,
-                             "columns": preserved_columns, "seconds": round(fingerprint.elapsed_s, 3)})
-    assert fingerprint.count >= 0
+    evidence("fingerprint", {"table": gated_table, "rows": fingerprint.count, "key": fingerprint.key_columns,
+                             "key_kind": fingerprint.key_kind, "columns": columns, "hashed_as": as_types,
+                             "seconds": round(fingerprint.elapsed_s, 3)})
+    saved = Fingerprint.load(baseline_dir / "fingerprints", gated_table)
+    assert saved.count == fingerprint.count and saved.key_kind == fingerprint.key_kind, (
+        f"{gated_table}: the saved fingerprint does not read back ({saved.count} of {fingerprint.count} rows)")

@@ -1248,7 +1248,8 @@ def _hash_as(conn: psycopg.Connection[Any], column: _Column, type_name: str | No
 
 
 def _exact_hash(typname: str | None, builtin: bool, typtype: str | None) -> bool:
-    return typtype == "e" or (builtin and typname in _EXACT_HASH_TYPES)
+    # Not enums: their hash is the label's OID, and a restore gives every label a new one.
+    return builtin and typname in _EXACT_HASH_TYPES
 
 
 def _hash_input(value: sql.Composable, column: _Column) -> sql.Composable:

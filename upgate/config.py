@@ -43,9 +43,17 @@ class DatabaseConfig(Section):
 class AppConfig(Section):
     base_url: str
     health_path: str = "/health"
-    ready_path: str = "/ready"
+    # Unset: the health path (an app without a separate readiness endpoint).
+    ready_path: str = "/health"
     metrics_path: str = "/metrics"
     timeout_s: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ready_defaults_to_health(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "ready_path" not in data and "health_path" in data:
+            return {**data, "ready_path": data["health_path"]}
+        return data
 
     def url(self, path: str) -> str:
         return self.base_url.rstrip("/") + path
@@ -66,6 +74,7 @@ class DeployConfig(Section):
     kind: Literal["process", "command"] = "process"
     # process: the pidfile of the running service, the command that starts the new version
     # and the command that starts the previous one again (used by rollback).
+    # command: optional; the served process, watched so that a crash fails the deploy at once.
     pidfile: Path | None = None
     start: list[str] = []
     previous: list[str] = []
@@ -73,9 +82,21 @@ class DeployConfig(Section):
     env: dict[str, str] = {}
     ready_timeout_s: float = Field(default=30.0, gt=0)
     stop_timeout_s: float = Field(default=10.0, gt=0)
-    # command: shell commands run as they are.
+    # command: shell commands run as they are; stop_command (optional) stops the new version before
+    # the database is undone, rollback_command then starts the previous one.
     deploy_command: str | None = None
     rollback_command: str | None = None
+    stop_command: str | None = None
+    # The port the app's processes listen on; empty: the port of [app] base_url.
+    port: int | None = Field(default=None, gt=0, le=65535)
+    # Readiness must come from the new process: the listener on the port must belong to it. False where a
+    # proxy that outlives deploys holds the port (then prove the version with version_url).
+    check_listener: bool = True
+    # A URL whose body names the running version, and the versions to expect after deploy and rollback:
+    # the proof of who answers where the listener's owner cannot be read.
+    version_url: str | None = None
+    expect_version: str | None = None
+    previous_version: str | None = None
 
     @model_validator(mode="after")
     def _complete(self) -> DeployConfig:

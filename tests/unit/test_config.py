@@ -35,8 +35,17 @@ def test_valid_file_loads_with_paths_resolved(tmp_path):
     cfg = load_config(write(tmp_path, GOOD), environ={})
     assert cfg.target.name == "svc"
     assert cfg.migrate is not None and cfg.migrate.directory == tmp_path.resolve() / "migrations"
-    assert cfg.app is not None and cfg.app.url(cfg.app.ready_path) == "http://127.0.0.1:8080/ready"
-    assert cfg.probe_urls() == ["http://127.0.0.1:8080/ready"]
+    # No ready endpoint named: readiness is the health path.
+    assert cfg.app is not None and cfg.app.url(cfg.app.ready_path) == "http://127.0.0.1:8080/health"
+    assert cfg.probe_urls() == ["http://127.0.0.1:8080/health"]
+
+
+@pytest.mark.parametrize(("app", "ready"), [('health_path = "/healthz"', "/healthz"),
+                                            ('health_path = "/healthz"\nready_path = "/ready"', "/ready"),
+                                            ('ready_path = "/ready"', "/ready")])
+def test_ready_path_defaults_to_the_health_path(tmp_path, app, ready):
+    cfg = load_config(write(tmp_path, f'[target]\nname = "svc"\n[app]\nbase_url = "http://h:1"\n{app}\n'), environ={})
+    assert cfg.app is not None and cfg.app.ready_path == ready
 
 
 def test_database_url_from_environment_wins(tmp_path):

@@ -614,14 +614,18 @@ def _clone_schema(source: str, target: str, pg_dump: str, psql: str | None) -> N
             _load_without_psql(dump, target)
 
 
+def libpq_target(conninfo: str) -> tuple[str, dict[str, str]]:
+    """(`--dbname` value without the password, environment carrying it): passwords never reach argv."""
+    params = conninfo_to_dict(conninfo)
+    password = params.pop("password", None)
+    return make_conninfo("", **params), ({"PGPASSWORD": str(password)} if password else {})
+
+
 def _run_tool(argv: list[str], conninfo: str, tool: str) -> None:
     """Run a libpq tool against `conninfo`, keeping the password out of the process list."""
-    params = conninfo_to_dict(conninfo)
-    env = dict(os.environ)
-    password = params.pop("password", None)
-    if password:
-        env["PGPASSWORD"] = str(password)
-    argv = [*argv, "--dbname", make_conninfo("", **params)]
+    dsn, extra = libpq_target(conninfo)
+    env = {**os.environ, **extra}
+    argv = [*argv, "--dbname", dsn]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=_PG_TOOL_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -19,7 +19,7 @@ import pytest
 from upgate.checks.result import CheckResult
 from upgate.checks.secrets import redact
 from upgate.config import AppConfig, Config, HostConfig, MonitoringConfig, find_config_path, load_config
-from upgate.core.runs import RunDir
+from upgate.core.runs import RunDir, resolve_run
 from upgate.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -147,21 +147,20 @@ def run_dir(pytestconfig: pytest.Config, phase: str) -> RunDir:
 
 
 def _resolve_run_dir(config: pytest.Config, phase: str) -> RunDir:
+    """pre: --upgate-run-dir (created) or a new run folder; post, rollback: the named run or the latest."""
     explicit = config.getoption("upgate_run_dir")
     reports = Path(config.getoption("upgate_reports"))
-    if explicit:
-        path = Path(explicit)
-        if phase != "pre" and not path.is_dir():
-            raise pytest.UsageError(f"--upgate-run-dir {path}: no such run folder")
-        (path / "baseline").mkdir(parents=True, exist_ok=True)
-        return RunDir(path.resolve())
     if phase == "pre":
-        return RunDir.create(reports)
-    latest = RunDir.latest(reports)
-    if latest is None:
-        raise pytest.UsageError(
-            f"no run folder under {reports}/runs: run the pre gates first or give --upgate-run-dir")
-    return latest
+        if not explicit:
+            return RunDir.create(reports)
+        run = RunDir(Path(explicit).resolve())
+        run.baseline.mkdir(parents=True, exist_ok=True)
+        return run
+    try:
+        return resolve_run(explicit, reports)
+    except ConfigError as exc:
+        option = f"--upgate-run-dir {explicit}: " if explicit else ""
+        raise pytest.UsageError(f"{option}{exc}") from None
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 
 import psycopg
@@ -13,10 +12,10 @@ from upgate.checks.schema import snapshot_schema
 pytestmark = pytest.mark.upgate_component("database")
 
 
-def test_schema_snapshot_recorded(db_url, baseline_dir, evidence):
+def test_schema_snapshot_recorded(db_url, run_dir, evidence):
     with psycopg.connect(db_url) as conn:
         snapshot = snapshot_schema(conn)
-    (baseline_dir / "schema.json").write_text(json.dumps(snapshot.to_json(), indent=2) + "\n", encoding="utf-8")
+    run_dir.save_baseline("schema", snapshot.to_json())
     evidence("schema", {"tables": sorted(snapshot.tables)})
     assert snapshot.tables, "the database has no table in the gated schemas: nothing to protect, check [database] url"
 

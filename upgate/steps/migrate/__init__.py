@@ -1,17 +1,17 @@
-"""Migration adapters; the pipeline talks to `Migrator` (base.py) only."""
+"""Migration tools behind one `Migrator` interface (base.py); the pipeline only sees `MigrateStep`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from upgate.config import MigrateConfig
-from upgate.steps.migrate.base import Migrator
+from upgate.config import Config
+from upgate.steps.migrate.base import MigrateStep, Migrator, Unit
 from upgate.steps.migrate.sql import SqlMigrator
 
-__all__ = ["Migrator", "SqlMigrator", "migrator_for"]
+__all__ = ["MigrateStep", "Migrator", "SqlMigrator", "Unit", "migrator_for"]
 
 
-def migrator_for(config: MigrateConfig, url: str, on_progress: Callable[[str], None] | None = None) -> Migrator:
-    if config.kind == "sql":
-        return SqlMigrator(url, config, on_progress=on_progress)
-    raise ValueError(f"migrate.kind = {config.kind!r} is not supported")
+def migrator_for(config: Config) -> Migrator:
+    """The migrator `[migrate] kind` names."""
+    assert config.migrate is not None
+    if config.migrate.kind == "sql":
+        return SqlMigrator(config.migrate)
+    raise ValueError(f"migrate.kind = {config.migrate.kind!r} is not supported")

@@ -60,14 +60,47 @@ class AppConfig(Section):
 
 
 class MigrateConfig(Section):
-    kind: Literal["sql"] = "sql"
-    # Folder of `NNN_name.up.sql` files, each with an optional `NNN_name.down.sql`.
-    directory: Path
+    """How the database is migrated: SQL files, the application's own command, or Alembic.
+
+    A migration without a down (a SQL file without its .down.sql, a command without `down`) is
+    allowed: the plan says its rollback is the restore of the verified backup.
+    """
+
+    kind: Literal["sql", "command", "alembic"] = "sql"
+    # sql: folder of `NNN_name.up.sql` files, each with an optional `NNN_name.down.sql`.
+    directory: Path | None = None
+    # command: the application's own tool, as argv: `up` migrates, `down` (optional) undoes it.
+    # "{database_url}" in argv and env is replaced by the database it runs against (the rehearsal
+    # clone, then the live database); prefer env: argv is visible in the process list.
+    up: list[str] = []
+    down: list[str] = []
+    env: dict[str, str] = {}
+    workdir: Path | None = None
+    timeout_s: float = Field(default=3600.0, gt=0)
+    # alembic: `alembic -c <alembic_ini> upgrade head`; down is a downgrade to the revision recorded before.
+    alembic_ini: Path | None = None
+    alembic: list[str] = ["alembic"]
+    # Every kind: lock_timeout for the migration's sessions (SET LOCAL for sql, PGOPTIONS for tools) and
+    # a bounded retry when it is hit (a tool's output naming "lock timeout" or SQLSTATE 55P03).
     lock_timeout_ms: int = Field(default=1000, gt=0, le=1000)
     retries: int = Field(default=5, ge=0)
     retry_backoff_s: float = Field(default=0.5, ge=0)
     # Destructive schema changes the plan accepts, by name: "table" or "table.column".
     allow_destructive: list[str] = []
+    # Tables whose rows the rehearsal copies into its clone (up to migration_safety.sample_rows each);
+    # empty: the tables the SQL names (sql), every table (command, alembic).
+    sample_tables: list[str] = []
+
+    @model_validator(mode="after")
+    def _complete(self) -> MigrateConfig:
+        if self.kind == "sql" and self.directory is None:
+            raise ValueError("migrate.kind = 'sql' needs migrate.directory (the folder of NNN_name.up.sql files)")
+        if self.kind == "command" and not self.up:
+            raise ValueError("migrate.kind = 'command' needs migrate.up (the migration command, as a list of "
+                             "arguments)")
+        if self.kind == "alembic" and self.alembic_ini is None:
+            raise ValueError("migrate.kind = 'alembic' needs migrate.alembic_ini (the project's alembic.ini)")
+        return self
 
 
 class DeployConfig(Section):
@@ -448,7 +481,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 
 _PATH_KEYS: dict[str, tuple[str, ...]] = {
     "database": ("bin_dir",),
-    "migrate": ("directory",),
+    "migrate": ("directory", "workdir", "alembic_ini"),
     "deploy": ("pidfile", "workdir"),
     "backup": ("directory",),
     "gates": ("directory",),

@@ -97,3 +97,21 @@ def test_locate_key_finds_section_and_key_lines():
     assert locate_key(text, ("migrate", "directory")) == 6
     assert locate_key(text, ("migrate", "absent")) == 4
     assert locate_key(text, ("target",)) == 1
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ('kind = "sql"', "migrate.kind = 'sql' needs migrate.directory"),
+    ('kind = "command"', "migrate.kind = 'command' needs migrate.up"),
+    ('kind = "alembic"', "migrate.kind = 'alembic' needs migrate.alembic_ini"),
+])
+def test_each_migrate_kind_names_what_it_needs(tmp_path, section, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, f'[target]\nname = "svc"\n[migrate]\n{section}\n'), environ={})
+
+
+def test_command_migration_paths_resolve_and_down_is_optional(tmp_path):
+    cfg = load_config(write(tmp_path, '[target]\nname = "svc"\n[migrate]\nkind = "command"\n'
+                                      'up = ["python", "manage.py", "migrate"]\nworkdir = "app"\n'
+                                      'env = { DATABASE_URL = "{database_url}" }\n'), environ={})
+    assert cfg.migrate is not None and cfg.migrate.down == [] and cfg.migrate.workdir == tmp_path.resolve() / "app"
+    assert cfg.migrate.env == {"DATABASE_URL": "{database_url}"}

@@ -16,6 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from upgate.checks.secrets import redact
@@ -43,6 +44,8 @@ class Migrator(ABC):
     #: True when a failed unit leaves nothing behind (one transaction per unit); False for a tool that
     #: may have committed part of its work before it failed.
     atomic: ClassVar[bool] = False
+    #: Where a tool's output is logged (the run's logs folder); None: not logged.
+    log_dir: Path | None = None
 
     @abstractmethod
     def units(self) -> list[Unit]:
@@ -112,6 +115,7 @@ class MigrateStep(DatabaseStep):
 
     def do(self, ctx: StepContext) -> None:
         say = lambda message: ctx.say("migrate", message)  # noqa: E731
+        self.migrator.log_dir = ctx.run.logs
         for unit in self.migrator.units():
             recorded = self.migrator.before(self.url)
             ctx.journal.write(self.name, "applying", unit=unit.name, **recorded)
@@ -135,6 +139,7 @@ class MigrateStep(DatabaseStep):
             raise StepFailed(f"cannot undo the migration by its own tool: {reason}; the backup must be restored")
         by_name = {u.name: u for u in self.migrator.units()}
         say = lambda message: ctx.say("migrate", message)  # noqa: E731
+        self.migrator.log_dir = ctx.run.logs
         for applied in reversed(list(self.applied)):
             unit = by_name[applied.unit]
             ctx.journal.write(self.name, "reverting", unit=unit.name)
@@ -161,15 +166,17 @@ class MigrateStep(DatabaseStep):
         applied: list[Applied] = []
         pending: str | None = None
         uncertain: str | None = None
+        before: dict[str, Any] = {}  # what the "applying" record kept: the state `revert` needs
         for r in since_last(records, "restore", "done"):
             if r.get("step") != cls.name:
                 continue
             event, unit = r.get("event"), r.get("unit")
-            recorded = {k: v for k, v in r.items() if k not in ("ts", "step", "event", "unit")}
             if event in ("applying", "reverting"):
                 pending = f"{event} {unit}"
+                if event == "applying":
+                    before = {k: v for k, v in r.items() if k not in ("ts", "step", "event", "unit")}
             elif event == "applied":
-                applied.append(Applied(str(unit), {k: v for k, v in recorded.items() if k != "seconds"}))
+                applied.append(Applied(str(unit), before))
                 pending = None
             elif event == "reverted":
                 applied = [a for a in applied if a.unit != unit]

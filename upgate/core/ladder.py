@@ -1,8 +1,8 @@
 """The rollback ladder: the same code for a failed `upgate run` and for `upgate rollback` from a journal.
 
     >>> outcome = climb(steps, ctx, rung=pipeline.rung, verify=pipeline.verify)    # doctest: +SKIP
-    >>> outcome.verified, [r.rung for r in outcome.ladder]
-    (True, ['stop new version', 'down migrations', 'start previous version'])
+    >>> outcome.verified, outcome.restored      # rungs run: stop new version, down migrations, start previous version
+    (True, False)
 
 The order works for any app, including one whose old version refuses a newer schema:
 

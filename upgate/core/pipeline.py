@@ -292,7 +292,8 @@ class Pipeline:
                 "report": downtime.to_json() if downtime else None,
                 "timeline": [p.__dict__ for p in self.prober.timeline],
             })
-        by_name = {s.name: s for s in (self.done or self.steps)}
+        done = self.done or self.steps  # `upgate rollback`: the steps its journal says were done
+        by_name = {s.name: s for s in done}
         backup = by_name.get(BackupStep.name)
         model = by_name.get("model")
         summary = RunSummary(
@@ -309,7 +310,7 @@ class Pipeline:
             restore=_restore_summary(backup),
             model_upgrade=model.summary() if model else None,
             gated=cfg.gated_components(), models=[m.name for m in cfg.models],
-            deploy=next((s.summary() for s in self.done if isinstance(s, DeployStep)), None),
+            deploy=next((s.summary() for s in done if isinstance(s, DeployStep)), None),
         )
         self.run.write_json("summary.json", json.loads(redact(json.dumps(summary.to_json(), default=str))))
         return summary

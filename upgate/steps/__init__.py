@@ -4,7 +4,7 @@
     >>> done = steps_from_journal(config, records, ctx)    # what a run's journal says it did (`upgate rollback`)
 
 Adding a kind: a Step subclass in its own module here, a line in `build_steps` (where it runs) and in
-`JOURNAL_KINDS` (so `upgate rollback` can rebuild it), and its config section in upgate/config.py.
+`journal_kinds` (so `upgate rollback` can rebuild it), and its config section in upgate/config.py.
 """
 
 from __future__ import annotations

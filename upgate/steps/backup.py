@@ -171,8 +171,12 @@ def restore_database(url: str, backup: Backup, pg_restore: str, psql: str, tag: 
     return outcome
 
 
+def _live_name(url: str) -> str:
+    return str(conninfo_to_dict(url).get("dbname") or "postgres")
+
+
 def _names(url: str, tag: str) -> dict[str, str]:
-    live = str(conninfo_to_dict(url).get("dbname") or "postgres")
+    live = _live_name(url)
     stem = live[: 63 - len("_failed_") - len(tag)]
     return {"live": live, "fresh": f"{stem}_upgate_{tag}", "failed": f"{stem}_failed_{tag}"}
 
@@ -399,9 +403,9 @@ def _restore_in_place(url: str, backup: Backup, pg_restore: str, psql: str, expe
         run_tool([psql, "--no-psqlrc", "--quiet", "--single-transaction", "--set", "ON_ERROR_STOP=1",
                   "--file", str(drops), "--file", str(script)], "restore (drop schemas, replay the backup)",
                  conninfo=url)
-    say("restored", {"database": _names(url, "x")["live"], "method": "drop-schemas", "dropped": schemas})
+    say("restored", {"database": _live_name(url), "method": "drop-schemas", "dropped": schemas})
     checked = _check_schema(url, expected, "the restored database")
-    return RestoreOutcome("drop-schemas", 0.0, _names(url, "x")["live"], schema_checked=checked,
+    return RestoreOutcome("drop-schemas", 0.0, _live_name(url), schema_checked=checked,
                           notes=[f"dropped schemas {', '.join(schemas)} and replayed the backup in one transaction"])
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -59,10 +59,6 @@ class StepContext:
     journal: Journal
     #: Progress lines for the console: say(label, message).
     say: Callable[[str, str], None] = lambda _label, _message: None
-    #: The application_name migration sessions use, so their transactions can be attributed.
-    app_name: str = "upgate-migrate"
-    #: Set by the ladder while it runs: what it has done so far (steps may read it, never write it).
-    notes: dict[str, Any] = field(default_factory=dict)
 
 
 class Step(ABC):

@@ -139,6 +139,8 @@ def _own_group(pid: int) -> int | None:
 
 
 def _signal(procs: Iterable[psutil.Process], group: int | None, sig: signal.Signals) -> None:
+    """`sig` to the group, and to each process outside it: once each (a second SIGTERM can upset a
+    graceful shutdown the first one started)."""
     if group is not None:
         try:
             os.killpg(group, sig)
@@ -146,8 +148,10 @@ def _signal(procs: Iterable[psutil.Process], group: int | None, sig: signal.Sign
             pass
     for proc in procs:
         try:
+            if group is not None and os.getpgid(proc.pid) == group:
+                continue
             proc.send_signal(sig)
-        except psutil.Error:
+        except (psutil.Error, OSError):
             pass
 
 

@@ -13,7 +13,7 @@ help:
 	@echo "               slow|contract-break|locking|model-good|model-regression)"
 	@echo "make demo-all  every demo scenario, one after the other"
 	@echo "make test      lint, type check, and upgate's own tests (unit, integration on real PostgreSQL, e2e)"
-	@echo "make bench     benchmarks (bench/): integrity fingerprints against the floor and bytes per row; downtime error; perf A/A spread and Locust req/s"
+	@echo "make bench     benchmarks (bench/): integrity fingerprints against the floor and bytes per row; downtime error; perf A/A and detection; restore of ~1 GB against bare pg_restore"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/downtime.py
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/perf.py
+	$(BIN)/python bench/restore.py
 
 # Best effort, never fatal: the allure npm package (Allure 3) into .tools/allure for `upgate report`'s HTML,
 # and Debian's chromium for the test that renders it (skipped with the reason when either is absent).

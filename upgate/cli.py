@@ -13,8 +13,9 @@ from pathlib import Path
 from upgate.errors import EXIT_CODES, ConfigError, UpgateError, Verdict, exit_code
 
 EPILOG = """exit codes:
-  0   UPGRADED         pre-gates, backup, migrate, deploy and post-gates passed
+  0   UPGRADED         pre-gates, every step of the plan and post-gates passed
   10  BLOCKED          pre-gates (or lock, or backup) failed; nothing was touched
+                       (upgate rollback: the run had touched nothing, nothing to undo)
   20  ROLLED_BACK      a step or post-gate failed; rollback done and verified against the baseline
   30  NEEDS_ATTENTION  rollback could not be proven; read the run folder's summary.json and journal
   2   usage or configuration error; nothing ran
@@ -34,10 +35,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--reports", default="reports", help="folder for run folders (default: reports)")
     run.add_argument("--quiet", "-q", action="store_true", help="print only the verdict lines")
 
-    undo = sub.add_parser("rollback", help="undo a run from its journal (e.g. one killed half-way) and prove it",
-                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    undo = sub.add_parser(
+        "rollback", help="undo a run from its journal (e.g. one killed half-way) and prove it",
+        description="Rebuild what the run did from its journal and undo it with the same ladder as `upgate run`: "
+                    "stop the new version, undo the database (down migrations, or restore the verified backup "
+                    "when there is no down, it failed, or the schema still differs), swap a model back, start "
+                    "the previous version, verify against the baseline.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     undo.add_argument("--config", "-c", help="the upgate.toml the run used")
-    undo.add_argument("--run", required=True, metavar="RUN_DIR", help="the run folder (reports/runs/<id>)")
+    undo.add_argument("--run", default="latest", metavar="RUN",
+                      help="the run: its folder, its id under --reports, or 'latest' (default)")
+    undo.add_argument("--reports", default="reports", help="folder holding runs/ (default: reports)")
 
     check = sub.add_parser("check-config", help="validate a config file and print what would be gated")
     check.add_argument("--config", "-c", help="upgate.toml (default: $UPGATE_CONFIG, then ./upgate.toml)")
@@ -119,9 +127,10 @@ def _run(args: argparse.Namespace) -> int:
 def _rollback(args: argparse.Namespace) -> int:
     from upgate.config import load_config
     from upgate.core.recovery import rollback_run
+    from upgate.core.runs import resolve_run
 
     config = load_config(args.config)
-    return rollback_run(config, Path(args.run)).exit_code
+    return rollback_run(config, resolve_run(args.run, Path(args.reports))).exit_code
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -43,29 +43,71 @@ class DatabaseConfig(Section):
 class AppConfig(Section):
     base_url: str
     health_path: str = "/health"
-    ready_path: str = "/ready"
+    # Unset: the health path (an app without a separate readiness endpoint).
+    ready_path: str = "/health"
     metrics_path: str = "/metrics"
     timeout_s: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ready_defaults_to_health(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "ready_path" not in data and "health_path" in data:
+            return {**data, "ready_path": data["health_path"]}
+        return data
 
     def url(self, path: str) -> str:
         return self.base_url.rstrip("/") + path
 
 
 class MigrateConfig(Section):
-    kind: Literal["sql"] = "sql"
-    # Folder of `NNN_name.up.sql` files, each with an optional `NNN_name.down.sql`.
-    directory: Path
+    """How the database is migrated: SQL files, the application's own command, or Alembic.
+
+    A migration without a down (a SQL file without its .down.sql, a command without `down`) is
+    allowed: the plan says its rollback is the restore of the verified backup.
+    """
+
+    kind: Literal["sql", "command", "alembic"] = "sql"
+    # sql: folder of `NNN_name.up.sql` files, each with an optional `NNN_name.down.sql`.
+    directory: Path | None = None
+    # command: the application's own tool, as argv: `up` migrates, `down` (optional) undoes it.
+    # "{database_url}" in argv and env is replaced by the database it runs against (the rehearsal
+    # clone, then the live database); prefer env: argv is visible in the process list.
+    up: list[str] = []
+    down: list[str] = []
+    env: dict[str, str] = {}
+    workdir: Path | None = None
+    timeout_s: float = Field(default=3600.0, gt=0)
+    # alembic: `alembic -c <alembic_ini> upgrade head`; down is a downgrade to the revision recorded before.
+    alembic_ini: Path | None = None
+    alembic: list[str] = ["alembic"]
+    # Every kind: lock_timeout for the migration's sessions (SET LOCAL for sql, PGOPTIONS for tools) and
+    # a bounded retry when it is hit (a tool's output naming "lock timeout" or SQLSTATE 55P03).
     lock_timeout_ms: int = Field(default=1000, gt=0, le=1000)
     retries: int = Field(default=5, ge=0)
     retry_backoff_s: float = Field(default=0.5, ge=0)
     # Destructive schema changes the plan accepts, by name: "table" or "table.column".
     allow_destructive: list[str] = []
+    # Tables whose rows the rehearsal copies into its clone (up to migration_safety.sample_rows each);
+    # empty: the tables the SQL names (sql), every table (command, alembic).
+    sample_tables: list[str] = []
+
+    @model_validator(mode="after")
+    def _complete(self) -> MigrateConfig:
+        if self.kind == "sql" and self.directory is None:
+            raise ValueError("migrate.kind = 'sql' needs migrate.directory (the folder of NNN_name.up.sql files)")
+        if self.kind == "command" and not self.up:
+            raise ValueError("migrate.kind = 'command' needs migrate.up (the migration command, as a list of "
+                             "arguments)")
+        if self.kind == "alembic" and self.alembic_ini is None:
+            raise ValueError("migrate.kind = 'alembic' needs migrate.alembic_ini (the project's alembic.ini)")
+        return self
 
 
 class DeployConfig(Section):
     kind: Literal["process", "command"] = "process"
     # process: the pidfile of the running service, the command that starts the new version
     # and the command that starts the previous one again (used by rollback).
+    # command: optional; the served process, watched so that a crash fails the deploy at once.
     pidfile: Path | None = None
     start: list[str] = []
     previous: list[str] = []
@@ -73,9 +115,21 @@ class DeployConfig(Section):
     env: dict[str, str] = {}
     ready_timeout_s: float = Field(default=30.0, gt=0)
     stop_timeout_s: float = Field(default=10.0, gt=0)
-    # command: shell commands run as they are.
+    # command: shell commands run as they are; stop_command (optional) stops the new version before
+    # the database is undone, rollback_command then starts the previous one.
     deploy_command: str | None = None
     rollback_command: str | None = None
+    stop_command: str | None = None
+    # The port the app's processes listen on; empty: the port of [app] base_url.
+    port: int | None = Field(default=None, gt=0, le=65535)
+    # Readiness must come from the new process: the listener on the port must belong to it. False where a
+    # proxy that outlives deploys holds the port (then prove the version with version_url).
+    check_listener: bool = True
+    # A URL whose body names the running version, and the versions to expect after deploy and rollback:
+    # the proof of who answers where the listener's owner cannot be read.
+    version_url: str | None = None
+    expect_version: str | None = None
+    previous_version: str | None = None
 
     @model_validator(mode="after")
     def _complete(self) -> DeployConfig:
@@ -460,7 +514,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 
 _PATH_KEYS: dict[str, tuple[str, ...]] = {
     "database": ("bin_dir",),
-    "migrate": ("directory",),
+    "migrate": ("directory", "workdir", "alembic_ini"),
     "deploy": ("pidfile", "workdir"),
     "backup": ("directory",),
     "gates": ("directory",),

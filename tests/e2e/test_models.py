@@ -59,7 +59,8 @@ def test_drifting_model_is_swapped_back(target, tmp_path):
     assert proc.returncode == 20, proc.stdout + proc.stderr
     failures = " ".join(f["message"] for f in summary["gates"]["post"]["failures"])
     assert "greedy continuations match the baseline for 0/" in failures and "mean KL divergence" in failures
-    assert [r["rung"] for r in summary["rollback"]["ladder"]] == ["swap model back", "undo deploy"]
+    assert [r["rung"] for r in summary["rollback"]["ladder"]] == ["stop new version", "swap model back",
+                                                                  "start previous version"]
     assert summary["rollback"]["verified"] is True
     # Independently: the live folder is v1 again and the restarted service serves it.
     assert hash_tree(live(target).resolve()) == v1 == hash_tree(cached_model("v1"))
@@ -76,7 +77,7 @@ def test_mismatched_tokenizer_is_blocked_before_anything_is_switched(target, tmp
     assert str(bad) in proc.stdout
     assert live(target).resolve() == before and not summary["model_upgrade"]
     names = [s["name"] for s in summary["steps"]]
-    assert "model switch" not in names and "model backup" not in names
+    assert "model" not in names and "model backup" not in names
 
 
 @pytest.mark.parametrize("target", ["model-good"], indirect=True)

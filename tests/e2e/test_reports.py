@@ -128,7 +128,7 @@ def test_every_action_is_in_the_append_only_audit_log(finished: Finished):
     lines = [x for x in read_audit(path) if x.get("run_id") == finished.run.name]
     actions = [(x["action"], x["event"]) for x in lines]
     assert actions[0] == ("run", "start") and actions[-1] == ("run", "end")
-    assert ("migrate", "end") in actions and ("rollback:undo deploy", "end") in actions
+    assert ("migrate", "end") in actions and ("rollback:stop new version", "end") in actions
     assert all(x["who"] == "qa-e2e" and x["host"] and x["config_sha256"] for x in lines)
     assert lines[-1]["verdict"] == "ROLLED_BACK"
 

@@ -8,7 +8,7 @@ import pytest
 from upgate.core.lock import LockBusy, LockUnavailable, run_lock
 from upgate.embedded.postgres import find_pg_tool
 from upgate.errors import StepFailed
-from upgate.steps.backup import restore_backup, take_backup, verify_backup
+from upgate.steps.backup import restore_database, take_backup, verify_backup
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def test_backup_restores_exactly_after_damage(table, tmp_path):
         conn.execute("DELETE FROM t WHERE id % 7 = 0")
         conn.execute("UPDATE t SET v = left(v, 3) WHERE id % 11 = 0")
         conn.execute("ALTER TABLE t ADD COLUMN extra int")
-    restore_backup(table, backup, find_pg_tool("pg_restore"))
+    restore_database(table, backup, find_pg_tool("pg_restore"), find_pg_tool("psql"), tag="t1")
     assert contents(table) == before
 
 
@@ -52,7 +52,7 @@ def test_restore_refuses_a_backup_changed_since_verification(table, tmp_path):
     with backup.path.open("ab") as f:
         f.write(b"x")
     with pytest.raises(StepFailed, match="checksum mismatch"):
-        restore_backup(table, backup, find_pg_tool("pg_restore"))
+        restore_database(table, backup, find_pg_tool("pg_restore"), find_pg_tool("psql"), tag="t2")
 
 
 def test_second_run_on_the_same_target_is_refused(pg_url):

@@ -51,6 +51,7 @@ base_url = "http://127.0.0.1:{dead}"
 [monitoring]
 redis_url = "redis://:s3cret@127.0.0.1:{dead}/0"
 prometheus_url = "http://127.0.0.1:{dead}"
+required_metrics = ["up"]  # asked for: the app's /metrics is gated (and down)
 
 [[hosts]]
 name = "box"

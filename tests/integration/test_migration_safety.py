@@ -1,5 +1,5 @@
-"""Migration safety for real: squawk on the demo plans' files, the ACCESS EXCLUSIVE estimate on a seeded
-PostgreSQL, and how long the reference service waits when the migration meets a conflicting lock."""
+"""Migration safety for real: squawk on the demo plans' files, and how long the reference service waits when
+the migration meets a conflicting lock (the ACCESS EXCLUSIVE estimate: test_rehearsal.py)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from upgate.checks.migration_safety import (
-    app_blocking,
-    estimate_lock_holds,
-    lint_migrations,
-    mentioned_tables,
-)
+from upgate.checks.migration_safety import app_blocking, lint_migrations
 from upgate.checks.migrations import apply_migration_file, load_migrations
 from upgate.core.probe import DowntimeProber
-from upgate.embedded.postgres import find_pg_tool
 from upgate.fixtures.reference import PLANS, start_service, stop_pid, wait_ready
 from upgate.fixtures.reference import free_port as pick_port
 from upgate.fixtures.seed import create_schema, seed
@@ -49,30 +43,6 @@ def test_squawk_findings_map_to_warnings_and_failures(tmp_path):
     failing = lint_migrations([concurrent], SQUAWK, "16.0", fail_rules=["ban-concurrent-index-creation-in-transaction"])
     assert not failing.ok
     assert "003_index.up.sql:1: ban-concurrent-index-creation-in-transaction" in failing.summary
-
-
-def test_rewrite_is_found_measured_and_scaled(seeded):
-    migrations = load_migrations(LOCKING)
-    assert mentioned_tables([m.up.read_text() for m in migrations], ["episodic_logs", "other"]) == ["episodic_logs"]
-    estimate = estimate_lock_holds(seeded, migrations, find_pg_tool("pg_dump"), budget_s=3600, sample_rows=500)
-    rewrite = [s for s in estimate.statements if s.file == "002_widen_tokens.up.sql"][0]
-    assert rewrite.exclusive == ["episodic_logs"] and rewrite.rewritten == ["episodic_logs"]
-    assert rewrite.scale == pytest.approx(3000 / 500)
-    adds = [s for s in estimate.statements if s.file == "001_add_cache_columns.up.sql"]
-    assert all(s.exclusive == ["episodic_logs"] and not s.rewritten and s.scale == 1.0 for s in adds)
-    assert estimate.result.ok and any("002_widen_tokens.up.sql holds ACCESS EXCLUSIVE on episodic_logs" in w
-                                      for w in estimate.result.warnings)
-    with psycopg.connect(seeded) as conn:  # the live table was only read
-        assert conn.execute("SELECT data_type FROM information_schema.columns WHERE table_name = 'episodic_logs' "
-                            "AND column_name = 'tokens'").fetchone() == ("integer",)
-
-
-def test_budget_exceeded_names_estimate_and_budget(seeded):
-    estimate = estimate_lock_holds(seeded, load_migrations(LOCKING), find_pg_tool("pg_dump"), budget_s=1e-6,
-                                   sample_rows=500)
-    assert not estimate.result.ok
-    assert "002_widen_tokens.up.sql holds ACCESS EXCLUSIVE on episodic_logs for ~" in estimate.result.summary
-    assert "> lock budget 1e-06 s" in estimate.result.summary
 
 
 def test_app_waits_at_most_about_lock_timeout_while_another_session_holds_a_lock(seeded, tmp_path, capsys):

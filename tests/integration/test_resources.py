@@ -5,6 +5,7 @@ from __future__ import annotations
 import psycopg
 
 from upgate.checks.resources import (
+    UnitCost,
     check_database_latency,
     check_estimate,
     check_http_latency,
@@ -29,11 +30,11 @@ def test_sizes_throughput_and_estimate_from_this_target(pg_url):
         # the probe table was rolled back
         assert conn.execute("SELECT to_regclass('upgate_rewrite_probe')").fetchone() == (None,)
     assert throughput.sample_rows == 1000 and throughput.read_bytes_per_s > 0 and throughput.rewrite_bytes_per_s > 0
-    statements = [("002.up.sql", 1, "ALTER TABLE episodic_logs ALTER COLUMN tokens TYPE bigint")]
-    estimate = estimate_upgrade(size, statements, throughput, max_downtime_s=300)
-    assert estimate.migrate_s > 0 and estimate.statements[0].kind == "rewrite"
+    units = [UnitCost("002.up.sql", 0.05, 0.3)]
+    estimate = estimate_upgrade(size, throughput, max_downtime_s=300, units=units)
+    assert estimate.migrate_s == 0.3 and estimate.verify_s > 0 and estimate.backup_s > 0
     assert check_estimate(estimate).ok
-    tight = estimate_upgrade(size, statements, throughput, max_downtime_s=1e-9)
+    tight = estimate_upgrade(size, throughput, max_downtime_s=1e-9, units=units)
     assert not check_estimate(tight).ok
 
 

@@ -35,8 +35,17 @@ def test_valid_file_loads_with_paths_resolved(tmp_path):
     cfg = load_config(write(tmp_path, GOOD), environ={})
     assert cfg.target.name == "svc"
     assert cfg.migrate is not None and cfg.migrate.directory == tmp_path.resolve() / "migrations"
-    assert cfg.app is not None and cfg.app.url(cfg.app.ready_path) == "http://127.0.0.1:8080/ready"
-    assert cfg.probe_urls() == ["http://127.0.0.1:8080/ready"]
+    # No ready endpoint named: readiness is the health path.
+    assert cfg.app is not None and cfg.app.url(cfg.app.ready_path) == "http://127.0.0.1:8080/health"
+    assert cfg.probe_urls() == ["http://127.0.0.1:8080/health"]
+
+
+@pytest.mark.parametrize(("app", "ready"), [('health_path = "/healthz"', "/healthz"),
+                                            ('health_path = "/healthz"\nready_path = "/ready"', "/ready"),
+                                            ('ready_path = "/ready"', "/ready")])
+def test_ready_path_defaults_to_the_health_path(tmp_path, app, ready):
+    cfg = load_config(write(tmp_path, f'[target]\nname = "svc"\n[app]\nbase_url = "http://h:1"\n{app}\n'), environ={})
+    assert cfg.app is not None and cfg.app.ready_path == ready
 
 
 def test_database_url_from_environment_wins(tmp_path):
@@ -88,3 +97,21 @@ def test_locate_key_finds_section_and_key_lines():
     assert locate_key(text, ("migrate", "directory")) == 6
     assert locate_key(text, ("migrate", "absent")) == 4
     assert locate_key(text, ("target",)) == 1
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ('kind = "sql"', "migrate.kind = 'sql' needs migrate.directory"),
+    ('kind = "command"', "migrate.kind = 'command' needs migrate.up"),
+    ('kind = "alembic"', "migrate.kind = 'alembic' needs migrate.alembic_ini"),
+])
+def test_each_migrate_kind_names_what_it_needs(tmp_path, section, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, f'[target]\nname = "svc"\n[migrate]\n{section}\n'), environ={})
+
+
+def test_command_migration_paths_resolve_and_down_is_optional(tmp_path):
+    cfg = load_config(write(tmp_path, '[target]\nname = "svc"\n[migrate]\nkind = "command"\n'
+                                      'up = ["python", "manage.py", "migrate"]\nworkdir = "app"\n'
+                                      'env = { DATABASE_URL = "{database_url}" }\n'), environ={})
+    assert cfg.migrate is not None and cfg.migrate.down == [] and cfg.migrate.workdir == tmp_path.resolve() / "app"
+    assert cfg.migrate.env == {"DATABASE_URL": "{database_url}"}

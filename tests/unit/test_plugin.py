@@ -55,3 +55,18 @@ def test_gate_failure_message_reaches_the_results_file(pytester: pytest.Pytester
     failed = [g for g in gates if g["outcome"] == "failed"]
     assert len(failed) == 1 and "127.0.0.1:1" in failed[0]["message"] and "pw" not in failed[0]["message"]
     assert failed[0]["evidence"] == ["database"]
+
+
+def test_an_app_that_serves_no_metrics_is_not_gated_on_them(pytester: pytest.Pytester) -> None:
+    config = pytester.path / "upgate.toml"
+    config.write_text('[target]\nname = "x"\n\n[app]\nbase_url = "http://127.0.0.1:1"\n')  # nothing listens there
+    run_dir = pytester.path / "run"
+    result = pytester.runpytest_subprocess(str(GATES / "pre" / "test_monitoring.py"), str(GATES / "pre" / "test_health.py"),
+                                           "--upgate-config", str(config), "--upgate-run-dir", str(run_dir), "-rs")
+    gates = {g["nodeid"].split("::")[1]: g for g in json.loads((run_dir / "gates-pre.json").read_text())["gates"]}
+    metrics = gates["test_app_metrics_parse_with_required_names"]
+    assert metrics["outcome"] == "skipped" and "app metrics not asked for ([monitoring] required_metrics)" in metrics["message"]
+    ready = gates["test_app_is_ready"]
+    assert ready["outcome"] == "skipped" and "ready_path unset" in ready["message"]
+    assert gates["test_app_is_alive"]["outcome"] == "failed"  # configured and unreachable: a failure, not a skip
+    assert result.ret == pytest.ExitCode.TESTS_FAILED

@@ -1,4 +1,4 @@
-"""The resources family's pure parts: which statements cost what, the estimate, the dump ratio, the space check."""
+"""The resources family's pure parts: the estimate from the rehearsal's timing, the dump ratio, the space check."""
 
 from __future__ import annotations
 
@@ -11,35 +11,14 @@ from upgate.checks.resources import (
     DatabaseSize,
     TableSize,
     Throughput,
+    UnitCost,
     check_backup_space,
     check_estimate,
-    classify_statement,
     dump_ratio_from_runs,
     dump_speed_from_runs,
     estimate_upgrade,
 )
 from upgate.config import load_config
-
-
-@pytest.mark.parametrize("sql, expected", [
-    ("ALTER TABLE episodic_logs ADD COLUMN cache_hit BOOLEAN DEFAULT FALSE", []),
-    ("ALTER TABLE episodic_logs ADD COLUMN last_verified TIMESTAMP DEFAULT NOW()", []),
-    ("ALTER TABLE episodic_logs ADD COLUMN token uuid DEFAULT gen_random_uuid()", [("episodic_logs", "rewrite")]),
-    ("ALTER TABLE public.episodic_logs ALTER COLUMN tokens TYPE bigint", [("public.episodic_logs", "rewrite")]),
-    ('ALTER TABLE "Logs" ALTER tokens SET DATA TYPE bigint', [("Logs", "rewrite")]),
-    ("ALTER TABLE episodic_logs ALTER COLUMN agent SET NOT NULL", [("episodic_logs", "scan")]),
-    ("ALTER TABLE t ADD CONSTRAINT c CHECK (x > 0) NOT VALID", []),
-    ("ALTER TABLE t ADD CONSTRAINT c CHECK (x > 0)", [("t", "scan")]),
-    ("UPDATE episodic_logs SET cache_hit = true", [("episodic_logs", "rewrite")]),
-    ("UPDATE episodic_logs SET cache_hit = true WHERE id < 10", [("episodic_logs", "scan")]),
-    ("DELETE FROM episodic_logs WHERE id < 10", [("episodic_logs", "scan")]),
-    ("CREATE INDEX CONCURRENTLY ix ON episodic_logs (agent)", [("episodic_logs", "scan")]),
-    ("VACUUM FULL episodic_logs", [("episodic_logs", "rewrite")]),
-    ("CREATE TABLE new_t (id int)", []),
-])
-def test_statement_cost_classification(sql, expected):
-    assert classify_statement(sql) == expected
-
 
 SIZE = DatabaseSize(total_bytes=1_000_000_000, tables=(
     TableSize("public.episodic_logs", 800_000_000, 600_000_000, 4_000_000),
@@ -49,31 +28,29 @@ THROUGHPUT = Throughput("public.episodic_logs", 20_000, 4_000_000, read_bytes_pe
                         rewrite_bytes_per_s=50e6)
 
 
-def test_estimate_adds_backup_rewrites_and_verification():
-    statements = [("001.up.sql", 1, "ALTER TABLE episodic_logs ALTER COLUMN tokens TYPE bigint"),
-                  ("001.up.sql", 2, "CREATE INDEX ix ON small (id)"),
-                  ("001.up.sql", 3, "ALTER TABLE missing ALTER COLUMN x TYPE text")]
-    estimate = estimate_upgrade(SIZE, statements, THROUGHPUT, max_downtime_s=300)
+def test_estimate_adds_backup_the_rehearsed_migration_and_verification():
+    units = [UnitCost("001_retype.up.sql", measured_s=0.4, estimate_s=80.0),  # 20k of 4M rows on the clone
+             UnitCost("002_index.up.sql", measured_s=0.01, estimate_s=0.01)]
+    estimate = estimate_upgrade(SIZE, THROUGHPUT, max_downtime_s=300, units=units)
     assert estimate.backup_s == pytest.approx(10.0)  # 1 GB at the read speed
-    assert estimate.migrate_s == pytest.approx(16.0 + 0.01)  # 800 MB rewritten at 50 MB/s + 1 MB scanned
+    assert estimate.migrate_s == pytest.approx(80.01)  # what the rehearsal measured, at the live size
     assert estimate.verify_s == pytest.approx(4_001_000 / 500_000)
     assert estimate.window_s == pytest.approx(estimate.migrate_s + estimate.verify_s)
-    assert [s.table for s in estimate.statements] == ["public.episodic_logs", "public.small"]
     result = check_estimate(estimate)
     assert result.ok and "of the 300 s downtime budget" in result.summary
+    assert "rehearsed: 001_retype.up.sql 0.40 s on the clone" in result.summary
 
 
 def test_estimate_uses_measured_dump_speed_and_fingerprint_time():
-    estimate = estimate_upgrade(SIZE, [], THROUGHPUT, 300, dump_bytes_per_s=500e6, fingerprint_s=3.0)
+    estimate = estimate_upgrade(SIZE, THROUGHPUT, 300, dump_bytes_per_s=500e6, fingerprint_s=3.0)
     assert estimate.backup_s == pytest.approx(2.0) and estimate.verify_s == 3.0 and estimate.migrate_s == 0
 
 
-def test_estimate_over_budget_names_the_costliest_statement():
-    statements = [("002_retype.up.sql", 4, "ALTER TABLE episodic_logs ALTER COLUMN tokens TYPE bigint")]
-    result = check_estimate(estimate_upgrade(SIZE, statements, THROUGHPUT, max_downtime_s=5))
+def test_estimate_over_budget_names_the_costliest_unit():
+    units = [UnitCost("up", measured_s=0.19, estimate_s=9.5)]  # a tool's migration, not SQL upgate can read
+    result = check_estimate(estimate_upgrade(SIZE, THROUGHPUT, max_downtime_s=5, units=units))
     assert not result.ok
-    assert "OVER BUDGET" in result.summary and "002_retype.up.sql statement 4" in result.summary
-    assert "rewrite of public.episodic_logs" in result.summary
+    assert "OVER BUDGET" in result.summary and "the costliest is up (~9.50 s at live size)" in result.summary
 
 
 def _run(folder: Path, target: str, backup: dict | None, database_bytes: int | None) -> Path:

@@ -3,17 +3,17 @@
     >>> size = measure_database(conn)                                                   # doctest: +SKIP
     >>> check_backup_space(Path("/backups"), size.total_bytes, dump_ratio=0.4).summary  # doctest: +SKIP
     '/backups: 41.2 GiB free; backup estimated 0.4 GiB (1.1 GiB x dump ratio 0.40 x safety 2.0 = 0.9 GiB needed)'
-    >>> estimate = estimate_upgrade(size, statements, throughput, max_downtime_s=300)   # doctest: +SKIP
+    >>> estimate = estimate_upgrade(size, throughput, max_downtime_s=300, units=rehearsed)   # doctest: +SKIP
 
-The time estimate is built from this target's own numbers: table sizes from the catalog, read and
-rewrite throughput measured on a sample of its largest table, the last run's dump speed when there is
-one, and the baseline fingerprints' measured speed.
+The time estimate is built from this target's own numbers: table sizes from the catalog, read
+throughput measured on a sample of its largest table, the last run's dump speed when there is one,
+the baseline fingerprints' measured speed, and the migration as the rehearsal timed it on a sampled
+clone and scaled to the live row counts (upgate/checks/rehearsal.py).
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import statistics
 import time
@@ -272,60 +272,12 @@ def measure_throughput(conn: psycopg.Connection, table: str, sample_rows: int = 
 
 
 @dataclass(frozen=True)
-class StatementCost:
-    source: str
-    statement: int
-    table: str
-    kind: str  # "rewrite" (every row written again) or "scan" (every row read)
-    seconds: float
-    excerpt: str
+class UnitCost:
+    """One migration unit as the rehearsal timed it: on the sampled clone, and at the live table sizes."""
 
-
-# Volatile defaults are evaluated per row, so the table is rewritten; stable ones (now()) are not.
-_VOLATILE_DEFAULT = re.compile(r"\bDEFAULT\s+[^,;]*\b(clock_timestamp|random|gen_random_uuid|uuid_generate_\w+|"
-                               r"nextval|timeofday)\s*\(", re.I)
-_NAME = r'((?:"[^"]+"|[\w$]+)(?:\.(?:"[^"]+"|[\w$]+))?)'
-
-
-def classify_statement(text: str) -> list[tuple[str, str]]:
-    """(table, "rewrite" | "scan") pairs a statement costs, by its own text (PostgreSQL 11+ semantics).
-
-    Rewrites: ALTER COLUMN ... TYPE, ADD COLUMN with a volatile default or a stored generated column,
-    SET LOGGED/UNLOGGED, VACUUM FULL, CLUSTER, UPDATE without WHERE. Scans: UPDATE/DELETE with WHERE,
-    CREATE INDEX, SET NOT NULL, ADD CONSTRAINT CHECK/FOREIGN KEY not NOT VALID. A constant default
-    (`ADD COLUMN c boolean DEFAULT false`) costs nothing: PostgreSQL stores it in the catalog.
-    """
-    t = " ".join(re.sub(r"--[^\n]*", " ", text).split())
-    found: list[tuple[str, str]] = []
-    m = re.match(rf"ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?{_NAME}\s+(.*)$", t, re.I)
-    if m:
-        table, body = _unquote(m.group(1)), m.group(2)
-        if (re.search(r"\bALTER\s+(?:COLUMN\s+)?\S+\s+(?:SET\s+DATA\s+)?TYPE\b", body, re.I)
-                or _VOLATILE_DEFAULT.search(body) or re.search(r"\bGENERATED\s+ALWAYS\s+AS\s*\(.*\)\s*STORED", body, re.I)
-                or re.search(r"\bSET\s+(UN)?LOGGED\b", body, re.I)):
-            found.append((table, "rewrite"))
-        elif (re.search(r"\bSET\s+NOT\s+NULL\b", body, re.I)
-              or (re.search(r"\bADD\s+(CONSTRAINT\s+\S+\s+)?(CHECK|FOREIGN\s+KEY|PRIMARY\s+KEY|UNIQUE)\b", body, re.I)
-                  and not re.search(r"\bNOT\s+VALID\b", body, re.I))):
-            found.append((table, "scan"))
-        return found
-    m = re.match(rf"UPDATE\s+(?:ONLY\s+)?{_NAME}\b(.*)$", t, re.I)
-    if m:
-        return [(_unquote(m.group(1)), "scan" if re.search(r"\bWHERE\b", m.group(2), re.I) else "rewrite")]
-    m = re.match(rf"DELETE\s+FROM\s+(?:ONLY\s+)?{_NAME}", t, re.I)
-    if m:
-        return [(_unquote(m.group(1)), "scan")]
-    m = re.match(rf"CREATE\s+(?:UNIQUE\s+)?INDEX\b.*?\bON\s+(?:ONLY\s+)?{_NAME}", t, re.I)
-    if m:
-        return [(_unquote(m.group(1)), "scan")]
-    m = re.match(rf"(?:VACUUM\s*(?:\(\s*FULL[^)]*\)|\s+FULL)|CLUSTER)\s+(?:VERBOSE\s+)?{_NAME}", t, re.I)
-    if m:
-        return [(_unquote(m.group(1)), "rewrite")]
-    return found
-
-
-def _unquote(name: str) -> str:
-    return ".".join(part.strip('"') for part in name.split("."))
+    unit: str
+    measured_s: float
+    estimate_s: float
 
 
 @dataclass(frozen=True)
@@ -336,43 +288,35 @@ class UpgradeEstimate:
     window_s: float  # what the service is exposed to: migrate + post-gate verification
     total_s: float
     budget_s: float
-    statements: tuple[StatementCost, ...] = ()
+    units: tuple[UnitCost, ...] = ()
     basis: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data["statements"] = [asdict(s) for s in self.statements]
+        data["units"] = [asdict(u) for u in self.units]
         return data
 
 
 def estimate_upgrade(
     size: DatabaseSize,
-    statements: Sequence[tuple[str, int, str]],
     throughput: Throughput,
     max_downtime_s: float,
+    units: Sequence[UnitCost] = (),
     dump_bytes_per_s: float | None = None,
     fingerprint_s: float | None = None,
     fingerprint_rows: int | None = None,
 ) -> UpgradeEstimate:
-    """Seconds for backup, migration and verification from sizes and this target's measured throughput.
+    """Seconds for backup, migration and verification, from this target's own measurements.
 
-    `statements` are (source file, statement number, SQL). `dump_bytes_per_s` (database bytes per
-    second of dump + verify, from the last run) replaces the read-throughput guess when known;
-    `fingerprint_s` (the baseline fingerprints' measured time) is what the post-gates repeat.
+    `units` are the migration's units as the rehearsal timed them (its up leg on a sampled clone,
+    scaled to the live table sizes): whatever tool runs the migration, its time is measured, not
+    guessed from its SQL. `dump_bytes_per_s` (database bytes per second of dump + verify, from the
+    last run) replaces the read-throughput guess when known; `fingerprint_s` (the baseline
+    fingerprints' measured time) is what the post-gates repeat.
     """
     read_bps = max(throughput.read_bytes_per_s, 1.0)
-    rewrite_bps = max(throughput.rewrite_bytes_per_s, 1.0)
     backup_s = size.total_bytes / (dump_bytes_per_s or read_bps)
-    costs = []
-    for source, number, text in statements:
-        for table, kind in classify_statement(text):
-            measured = size.table(table)
-            if measured is None:
-                continue
-            seconds = measured.total_bytes / (rewrite_bps if kind == "rewrite" else read_bps)
-            costs.append(StatementCost(source, number, measured.name, kind, round(seconds, 3),
-                                       " ".join(text.split())[:80]))
-    migrate_s = sum(c.seconds for c in costs)
+    migrate_s = sum(u.estimate_s for u in units)
     if fingerprint_s is not None:
         verify_s = fingerprint_s
     else:
@@ -382,25 +326,28 @@ def estimate_upgrade(
     return UpgradeEstimate(
         backup_s=round(backup_s, 3), migrate_s=round(migrate_s, 3), verify_s=round(verify_s, 3),
         window_s=round(window_s, 3), total_s=round(backup_s + window_s, 3), budget_s=max_downtime_s,
-        statements=tuple(costs),
+        units=tuple(units),
         basis={"database_bytes": size.total_bytes, "read_bytes_per_s": round(read_bps),
-               "rewrite_bytes_per_s": round(rewrite_bps), "read_rows_per_s": round(throughput.read_rows_per_s),
+               "read_rows_per_s": round(throughput.read_rows_per_s),
+               "rewrite_bytes_per_s": round(throughput.rewrite_bytes_per_s),
                "dump_bytes_per_s": round(dump_bytes_per_s) if dump_bytes_per_s else None,
                "fingerprint_s": fingerprint_s, "sample_table": throughput.table,
-               "sample_rows": throughput.sample_rows},
+               "sample_rows": throughput.sample_rows,
+               "migration": "rehearsal on a sampled clone, scaled to live rows" if units else "no migration"},
     )
 
 
 def check_estimate(estimate: UpgradeEstimate) -> CheckResult:
     """The exposure window (migration + verification) against the downtime budget."""
     parts = (f"backup {_secs(estimate.backup_s)}, migration {_secs(estimate.migrate_s)}"
-             f" ({len(estimate.statements)} costly statement(s)), verification {_secs(estimate.verify_s)}")
+             + (f" (rehearsed: {', '.join(f'{u.unit} {_secs(u.measured_s)} on the clone' for u in estimate.units)})"
+                if estimate.units else "")
+             + f", verification {_secs(estimate.verify_s)}")
     summary = (f"upgrade estimate {_secs(estimate.total_s)}: {parts}; exposure window "
                f"{_secs(estimate.window_s)} of the {estimate.budget_s:g} s downtime budget")
     if estimate.window_s > estimate.budget_s:
-        worst = max(estimate.statements, key=lambda s: s.seconds, default=None)
-        hint = (f"; the costliest is {worst.source} statement {worst.statement} ({worst.kind} of {worst.table}, "
-                f"{_secs(worst.seconds)})" if worst else "")
+        worst = max(estimate.units, key=lambda u: u.estimate_s, default=None)
+        hint = (f"; the costliest is {worst.unit} (~{_secs(worst.estimate_s)} at live size)" if worst else "")
         return CheckResult(False, summary.replace("upgrade estimate", "upgrade estimate OVER BUDGET") + hint,
                            estimate.to_json())
     return CheckResult(True, summary, estimate.to_json())

@@ -1,12 +1,13 @@
-"""Database schema: snapshot it, diff two snapshots, spot destructive changes, dry-run migrations on a clone.
+"""Database schema: snapshot it, diff two snapshots, spot destructive changes; clone it for the rehearsal.
 
-    >>> dry = dry_run_migration(url, load_migrations(Path("migrations")), pg_dump="/usr/bin/pg_dump")  # doctest: +SKIP
-    >>> dry.result.summary                                                                          # doctest: +SKIP
-    'dry run of 2 migrations: up/down/up clean; 0 destructive changes; 1 warning'
+    >>> before = snapshot_schema(conn)                                     # doctest: +SKIP
+    >>> diff_schemas(before, after).describe()                             # doctest: +SKIP
+    '+column episodic_logs.cache_hit; +index episodic_logs_cache_hit_idx'
+    >>> find_destructive(before, after)                                    # doctest: +SKIP
+    ['episodic_logs.metadata']
 
-A dry run never touches the database it reads: it clones the schema (no rows) into a scratch
-database on the same server (the role needs CREATEDB), applies up, down and up again there, and drops
-the clone whatever happens.
+The migration rehearsal (up, down, up on a sampled clone, whatever tool runs it) lives in
+upgate/checks/rehearsal.py and uses the snapshots and the clone helpers here.
 """
 
 from __future__ import annotations
@@ -15,18 +16,16 @@ import os
 import re
 import subprocess
 import tempfile
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from upgate.checks.migrations import Migration, MigrationFailed, apply_migration_file, scan_statements
-from upgate.checks.result import CheckResult
 from upgate.checks.secrets import redact
 
 Column = dict[str, Any]  # {"type": "character varying(64)", "nullable": True, "default": None}
@@ -138,30 +137,8 @@ class SchemaDiff:
         return data
 
 
-@dataclass(frozen=True)
-class DryRun:
-    """Outcome of `dry_run_migration`; `after_up` is None when the up migrations did not apply."""
-
-    result: CheckResult
-    original: SchemaSnapshot
-    after_up: SchemaSnapshot | None
-    destructive: list[str]  # destructive changes NOT in allowed_destructive (the ones that fail the run)
-    warnings: list[str]
-    preserved_columns: dict[str, list[str]]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "result": self.result.to_json(),
-            "original": self.original.to_json(),
-            "after_up": self.after_up.to_json() if self.after_up else None,
-            "destructive": list(self.destructive),
-            "warnings": list(self.warnings),
-            "preserved_columns": {t: list(c) for t, c in self.preserved_columns.items()},
-        }
-
-
 class DryRunError(RuntimeError):
-    """The dry run could not be set up (pg_dump, scratch database, restore): not the migration's fault."""
+    """The rehearsal could not be set up (pg_dump, scratch database, clone): not the migration's fault."""
 
 
 # --------------------------------------------------------------------------- snapshot
@@ -432,123 +409,7 @@ def _time_precision(t: _Type) -> int:
     return t.args[0] if t.args else _DEFAULT_TIME_PRECISION
 
 
-# --------------------------------------------------------------------------- dry run
-
-
-def dry_run_migration(
-    url: str,
-    migrations: list[Migration],
-    pg_dump: str,
-    allowed_destructive: Iterable[str] = (),
-    psql: str | None = None,
-    schemas: Sequence[str] = ("public",),
-) -> DryRun:
-    """Apply up, down, up on a schema-only clone of `url` and check each leg.
-
-    Fails when a file does not apply, a migration has no down file, down does not restore the original
-    schema, up is not repeatable after down, or up makes a destructive change not in
-    `allowed_destructive`. `psql` defaults to the one beside `pg_dump`; without one the dump is loaded
-    through psycopg. Raises DryRunError when the clone itself cannot be made.
-    """
-    allowed = list(allowed_destructive)
-    warnings = [w for m in migrations for w in scan_statements(_read(m.up), source=m.up.name)]
-    with psycopg.connect(url, autocommit=True) as conn:
-        original = snapshot_schema(conn, schemas)
-    scratch_name = f"upgate_dryrun_{uuid.uuid4().hex[:12]}"
-    scratch = make_conninfo(url, dbname=scratch_name)
-    _create_database(url, scratch_name)
-    try:
-        _clone_schema(url, scratch, pg_dump, psql)
-        with psycopg.connect(scratch, autocommit=True) as conn:
-            return _exercise(conn, migrations, original, allowed, warnings, schemas)
-    finally:
-        _drop_database(url, scratch_name)
-
-
-def _exercise(
-    conn: psycopg.Connection,
-    migrations: list[Migration],
-    original: SchemaSnapshot,
-    allowed: list[str],
-    warnings: list[str],
-    schemas: Sequence[str],
-) -> DryRun:
-    count = f"{len(migrations)} migration{'s' if len(migrations) != 1 else ''}"
-    problems: list[str] = []
-    evidence: dict[str, Any] = {"migrations": [m.name for m in migrations], "allowed_destructive": allowed}
-    # The down leg is compared with the clone as restored, so a dump/restore quirk is not blamed on down.
-    cloned = snapshot_schema(conn, schemas)
-    clone_diff = diff_schemas(original, cloned)
-    if not clone_diff.is_empty:
-        evidence["clone_differences"] = clone_diff.to_json()
-
-    def finish(
-        after_up: SchemaSnapshot | None, destructive: list[str], preserved: dict[str, list[str]]
-    ) -> DryRun:
-        if problems:
-            summary = f"dry run of {count} failed: " + "; ".join(problems)
-        else:
-            legs = "up/down/up clean" if migrations else "nothing to apply"
-            permitted = evidence.get("destructive_allowed", [])
-            summary = f"dry run of {count}: {legs}; {_destructive_phrase(permitted)}; {_plural(len(warnings), 'warning')}"
-        evidence.update(problems=problems, destructive=destructive, preserved_columns=preserved)
-        result = CheckResult(ok=not problems, summary=summary, evidence=evidence, warnings=tuple(warnings))
-        return DryRun(result, original, after_up, destructive, warnings, preserved)
-
-    try:
-        for migration in migrations:
-            apply_migration_file(conn, migration.up, retries=0)
-    except MigrationFailed as exc:
-        problems.append(f"up failed: {exc}")
-        return finish(None, [], {})
-    after_up = snapshot_schema(conn, schemas)
-    evidence["up_changes"] = diff_schemas(original, after_up).to_json()
-    changes = destructive_changes(original, after_up)
-    blocked = destructive_changes(original, after_up, allowed)
-    destructive = [name for name, _ in blocked]
-    evidence["destructive_details"] = dict(changes)
-    evidence["destructive_allowed"] = [name for name, _ in changes if name not in destructive]
-    if blocked:
-        names = ", ".join(f"{name} ({why})" for name, why in blocked)
-        hint = ", ".join(f'"{name}"' for name, _ in blocked)
-        problems.append(
-            f"destructive change not allowed: {names}; if intended, add {hint} to migrate.allow_destructive"
-        )
-    preserved = preserved_columns(original, after_up)
-
-    missing = [m for m in migrations if m.down is None]
-    if missing:
-        names = ", ".join(
-            f"{m.name} (expected {m.up.name.removesuffix('.up.sql')}.down.sql)" for m in missing
-        )
-        problems.append(f"no down migration for {names}: a rollback could not undo it")
-        return finish(after_up, destructive, preserved)
-
-    try:
-        for migration in reversed(migrations):
-            assert migration.down is not None
-            apply_migration_file(conn, migration.down, retries=0)
-    except MigrationFailed as exc:
-        problems.append(f"down failed: {exc}")
-        return finish(after_up, destructive, preserved)
-    after_down = snapshot_schema(conn, schemas)
-    down_diff = diff_schemas(cloned, after_down)
-    if not down_diff.is_empty:
-        evidence["down_leftovers"] = down_diff.to_json()
-        problems.append(f"down migration does not restore the schema: {down_diff.describe()}")
-        return finish(after_up, destructive, preserved)  # up again would only trip over the leftovers
-
-    try:
-        for migration in migrations:
-            apply_migration_file(conn, migration.up, retries=0)
-    except MigrationFailed as exc:
-        problems.append(f"up is not repeatable after down: {exc}")
-        return finish(after_up, destructive, preserved)
-    reup_diff = diff_schemas(after_up, snapshot_schema(conn, schemas))
-    if not reup_diff.is_empty:
-        evidence["reup_differences"] = reup_diff.to_json()
-        problems.append(f"up is not repeatable after down: {reup_diff.describe()}")
-    return finish(after_up, destructive, preserved)
+# --------------------------------------------------------------------------- for the rehearsal
 
 
 def preserved_columns(before: SchemaSnapshot, after: SchemaSnapshot) -> dict[str, list[str]]:
@@ -560,44 +421,27 @@ def preserved_columns(before: SchemaSnapshot, after: SchemaSnapshot) -> dict[str
     return out
 
 
-def _destructive_phrase(permitted: list[str]) -> str:
-    if not permitted:
-        return "0 destructive changes"
-    return f"{_plural(len(permitted), 'destructive change')} (allowed: {', '.join(permitted)})"
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def _read(path: Path) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError as exc:
-        raise DryRunError(f"cannot read migration file {path}: {exc}") from exc
-
-
-def _create_database(url: str, name: str) -> None:
+def create_scratch_database(url: str, name: str) -> None:
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
     except psycopg.Error as exc:
         raise DryRunError(
-            f"cannot create scratch database {name} on {redact(url)} for the dry run "
+            f"cannot create scratch database {name} on {redact(url)} for the rehearsal "
             f"(the role needs CREATEDB): {_first_line(exc)}"
         ) from exc
 
 
-def _drop_database(url: str, name: str) -> None:
+def drop_scratch_database(url: str, name: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def _clone_schema(source: str, target: str, pg_dump: str, psql: str | None) -> None:
+def clone_schema(source: str, target: str, pg_dump: str, psql: str | None) -> None:
     if psql is None:
         beside = Path(pg_dump).with_name("psql")
         psql = str(beside) if beside.exists() else None
-    with tempfile.TemporaryDirectory(prefix="upgate-dryrun-") as folder:
+    with tempfile.TemporaryDirectory(prefix="upgate-rehearsal-") as folder:
         dump = Path(folder) / "schema.sql"
         _run_tool(
             [pg_dump, "--schema-only", "--no-owner", "--no-privileges", "--file", str(dump)],
@@ -614,18 +458,31 @@ def _clone_schema(source: str, target: str, pg_dump: str, psql: str | None) -> N
             _load_without_psql(dump, target)
 
 
+def same_server(url: str, dbname: str) -> str:
+    """`url` naming another database on the same server, in the same form (a URL stays a URL: the
+    application's own tools, SQLAlchemy or Django, read URLs, not libpq key=value strings)."""
+    parts = urlsplit(url)
+    if parts.scheme in ("postgresql", "postgres") or parts.scheme.startswith("postgresql+"):
+        return urlunsplit((parts.scheme, parts.netloc, "/" + quote(dbname), parts.query, parts.fragment))
+    return make_conninfo(url, dbname=dbname)
+
+
+def libpq_target(conninfo: str) -> tuple[str, dict[str, str]]:
+    """(`--dbname` value without the password, environment carrying it): passwords never reach argv."""
+    params = conninfo_to_dict(conninfo)
+    password = params.pop("password", None)
+    return make_conninfo("", **params), ({"PGPASSWORD": str(password)} if password else {})
+
+
 def _run_tool(argv: list[str], conninfo: str, tool: str) -> None:
     """Run a libpq tool against `conninfo`, keeping the password out of the process list."""
-    params = conninfo_to_dict(conninfo)
-    env = dict(os.environ)
-    password = params.pop("password", None)
-    if password:
-        env["PGPASSWORD"] = str(password)
-    argv = [*argv, "--dbname", make_conninfo("", **params)]
+    dsn, extra = libpq_target(conninfo)
+    env = {**os.environ, **extra}
+    argv = [*argv, "--dbname", dsn]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=_PG_TOOL_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise DryRunError(f"{tool} ({argv[0]}) could not run for the dry run: {exc}") from exc
+        raise DryRunError(f"{tool} ({argv[0]}) could not run for the rehearsal: {exc}") from exc
     if done.returncode != 0:
         detail = redact(done.stderr.strip() or done.stdout.strip())
         raise DryRunError(f"{tool} failed (exit {done.returncode}) on {redact(conninfo)}: {detail}")

@@ -51,10 +51,10 @@ class Journal:
         try:
             yield extra
         except BaseException as exc:
-            self.write(name, "end", status="failed", seconds=round(time.monotonic() - started, 3),
-                       error=f"{type(exc).__name__}: {exc}", **extra)
+            self.write(name, "end", **{**extra, "status": "failed", "seconds": round(time.monotonic() - started, 3),
+                                       "error": f"{type(exc).__name__}: {exc}"})
             raise
-        self.write(name, "end", status="ok", seconds=round(time.monotonic() - started, 3), **extra)
+        self.write(name, "end", **{**extra, "status": "ok", "seconds": round(time.monotonic() - started, 3)})
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():

@@ -1,4 +1,4 @@
-"""One upgrade at a time per database: a PostgreSQL session advisory lock, freed if the process dies.
+"""One upgrade at a time per database and target: a PostgreSQL session advisory lock, freed if the process dies.
 
     >>> with run_lock(url, "reference-service"):     # doctest: +SKIP
     ...     pipeline()
@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Iterator
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from upgate.checks.secrets import redact
 
@@ -28,14 +29,28 @@ def lock_key(target: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-@contextlib.contextmanager
-def run_lock(url: str, target: str, connect_timeout_s: float = 5.0) -> Iterator[int]:
+def _connect(url: str, connect_timeout_s: float) -> psycopg.Connection:
+    """A session for the lock, held in the server's maintenance database when the role may connect to it:
+    a restore swaps the live database by rename, which needs every session of it gone (and a killed
+    restore may leave no database under the live name until `upgate rollback` finishes the swap)."""
+    timeout = max(1, int(connect_timeout_s))
+    for name in ("postgres", "template1"):
+        try:
+            return psycopg.connect(make_conninfo(url, dbname=name), autocommit=True, connect_timeout=timeout,
+                                   application_name="upgate-lock")
+        except psycopg.Error:
+            continue
     try:
-        conn = psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(connect_timeout_s)),
-                               application_name="upgate-lock")
+        return psycopg.connect(url, autocommit=True, connect_timeout=timeout, application_name="upgate-lock")
     except psycopg.Error as exc:
         raise LockUnavailable(f"cannot connect to {redact(url)} for the run lock: {str(exc).strip()}") from None
-    key = lock_key(target)
+
+
+@contextlib.contextmanager
+def run_lock(url: str, target: str, connect_timeout_s: float = 5.0) -> Iterator[int]:
+    dbname = conninfo_to_dict(url).get("dbname") or ""
+    conn = _connect(url, connect_timeout_s)
+    key = lock_key(f"{dbname}/{target}")
     try:
         row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
         if not row or not row[0]:

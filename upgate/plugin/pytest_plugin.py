@@ -19,13 +19,14 @@ import pytest
 from upgate.checks.result import CheckResult
 from upgate.checks.secrets import redact
 from upgate.config import AppConfig, Config, HostConfig, MonitoringConfig, find_config_path, load_config
-from upgate.core.runs import RunDir
+from upgate.core.runs import RunDir, resolve_run
 from upgate.errors import ConfigError
 
 if TYPE_CHECKING:
     from upgate.checks.migrations import Migration
     from upgate.checks.perf import LoadProfile
-    from upgate.checks.schema import DryRun
+    from upgate.checks.rehearsal import Rehearsal
+    from upgate.steps.migrate import Migrator
 
 PHASES = ("pre", "post", "rollback", "diagnostics")
 
@@ -147,21 +148,20 @@ def run_dir(pytestconfig: pytest.Config, phase: str) -> RunDir:
 
 
 def _resolve_run_dir(config: pytest.Config, phase: str) -> RunDir:
+    """pre: --upgate-run-dir (created) or a new run folder; post, rollback: the named run or the latest."""
     explicit = config.getoption("upgate_run_dir")
     reports = Path(config.getoption("upgate_reports"))
-    if explicit:
-        path = Path(explicit)
-        if phase != "pre" and not path.is_dir():
-            raise pytest.UsageError(f"--upgate-run-dir {path}: no such run folder")
-        (path / "baseline").mkdir(parents=True, exist_ok=True)
-        return RunDir(path.resolve())
     if phase == "pre":
-        return RunDir.create(reports)
-    latest = RunDir.latest(reports)
-    if latest is None:
-        raise pytest.UsageError(
-            f"no run folder under {reports}/runs: run the pre gates first or give --upgate-run-dir")
-    return latest
+        if not explicit:
+            return RunDir.create(reports)
+        run = RunDir(Path(explicit).resolve())
+        run.baseline.mkdir(parents=True, exist_ok=True)
+        return run
+    try:
+        return resolve_run(explicit, reports)
+    except ConfigError as exc:
+        option = f"--upgate-run-dir {explicit}: " if explicit else ""
+        raise pytest.UsageError(f"{option}{exc}") from None
 
 
 @pytest.fixture(scope="session")
@@ -317,29 +317,50 @@ def target_pidfile(config: Config) -> Path | None:
 
 
 @pytest.fixture(scope="session")
-def migrations(config: Config) -> list[Migration]:
-    from upgate.checks.migrations import load_migrations
+def migrator(config: Config) -> Migrator:
+    """The configured migration tool ([migrate] kind: sql, command, alembic)."""
+    from upgate.errors import StepFailed
+    from upgate.steps.migrate import migrator_for
 
     if config.migrate is None:
-        pytest.skip("migration not configured ([migrate] directory)")
+        pytest.skip("migration not configured ([migrate])")
     try:
-        return load_migrations(config.migrate.directory)
-    except (ValueError, OSError) as exc:
-        pytest.fail(f"migrate.directory: {exc}", pytrace=False)
+        return migrator_for(config)
+    except StepFailed as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="session")
-def dry_run(db_url: str, migrations: list[Migration], config: Config, pg_tools: Callable[[str], str],
-            baseline_dir: Path) -> DryRun:
-    """The plan's migrations applied up/down/up to a schema-only clone; recorded in the baseline."""
-    from upgate.checks.schema import dry_run_migration
+def migrations(config: Config, migrator: Migrator) -> list[Migration]:
+    """The SQL files of a `kind = "sql"` plan (what squawk lints)."""
+    from upgate.checks.migrations import load_migrations
 
     assert config.migrate is not None
-    result = dry_run_migration(db_url, migrations, pg_tools("pg_dump"),
-                               allowed_destructive=config.migrate.allow_destructive, psql=pg_tools("psql"))
-    (baseline_dir / "dryrun.json").write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n",
-                                              encoding="utf-8")
+    if config.migrate.kind != "sql" or config.migrate.directory is None:
+        pytest.skip(f"no SQL files to lint: migrate.kind = {config.migrate.kind!r} runs the application's own tool")
+    return load_migrations(config.migrate.directory)
+
+
+@pytest.fixture(scope="session")
+def rehearsal(db_url: str, migrator: Migrator, config: Config, pg_tools: Callable[[str], str],
+              run_dir: RunDir) -> Rehearsal:
+    """The plan rehearsed on one sampled clone (up, down if any, up), watched and timed; kept in the baseline."""
+    from upgate.checks.rehearsal import rehearse_migration
+
+    assert config.migrate is not None
+    migrator.log_dir = run_dir.logs
+    result = rehearse_migration(db_url, migrator, pg_tools("pg_dump"), psql=pg_tools("psql"),
+                                allowed_destructive=config.migrate.allow_destructive,
+                                sample_rows=config.migration_safety.sample_rows,
+                                sample_tables=config.migrate.sample_tables)
+    run_dir.save_baseline("rehearsal", result.to_json())
     return result
+
+
+@pytest.fixture(scope="session")
+def dry_run(rehearsal: Rehearsal) -> Rehearsal:
+    """The rehearsal, under the name gates written before it had one use."""
+    return rehearsal
 
 
 @pytest.fixture(scope="session")

@@ -380,6 +380,8 @@ def _description(summary: dict[str, Any]) -> str:
         ladder = "; ".join(f"{r['rung']}: {'ok' if r['ok'] else 'FAILED'}" for r in rollback.get("ladder", []))
         lines.append(f"**Rollback:** {rollback.get('seconds', 0):.2f} s, "
                      f"{'verified' if rollback.get('verified') else 'NOT verified'}; {ladder}")
+    for step in summary.get("plan") or []:  # what each step said it would do, and how it is undone
+        lines.append(f"**Plan, {step['step']}:** {'; '.join(step['does'])} (undo: {'; '.join(step['undo'])})")
     gated = ", ".join(k for k, v in (summary.get("gated") or {}).items() if v)
     lines.append(f"**Gated:** {gated or 'nothing'}")
     category = categorize(_run_status(str(summary.get("verdict"))), str(summary.get("reason", "")))

@@ -1,9 +1,8 @@
-"""Pre-gate: the plan's migrations pass squawk's lint, and no file holds an ACCESS EXCLUSIVE lock longer
-than the plan's lock budget (estimated by timing each statement on a sampled clone on this server)."""
+"""Pre-gate: the plan's SQL passes squawk's lint, and no unit holds an ACCESS EXCLUSIVE lock longer than the
+plan's lock budget (watched in pg_locks while the rehearsal ran it on a sampled clone, scaled to live rows)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import warnings
@@ -12,7 +11,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from upgate.checks.migration_safety import describe_statements, estimate_lock_holds, lint_migrations
+from upgate.checks.migration_safety import lint_migrations
+from upgate.checks.rehearsal import judge_lock_holds
 
 pytestmark = pytest.mark.upgate_component("database")
 
@@ -39,17 +39,13 @@ def _server_version(config) -> str | None:
     return f"{number // 10000}.{number % 100}"
 
 
-def test_no_long_access_exclusive_lock(db_url, migrations, config, pg_tools, baseline_dir, evidence):
-    safety = config.migration_safety
-    estimate = estimate_lock_holds(db_url, migrations, pg_tools("pg_dump"), psql=pg_tools("psql"),
-                                   budget_s=safety.lock_budget_s, sample_rows=safety.sample_rows)
-    evidence("lock holds", estimate.result)
-    evidence("statements", describe_statements(estimate.statements))
-    (baseline_dir / "lock_estimate.json").write_text(
-        json.dumps(estimate.result.to_json(), indent=2, default=str) + "\n", encoding="utf-8")
-    for text in estimate.result.warnings:
+def test_no_long_access_exclusive_lock(rehearsal, config, run_dir, evidence):
+    result = judge_lock_holds(rehearsal, config.migration_safety.lock_budget_s)
+    evidence("lock holds", result)
+    run_dir.save_baseline("lock_estimate", result.to_json())
+    for text in result.warnings:
         warnings.warn(text, UserWarning, stacklevel=1)
-    assert estimate.result.ok, estimate.result.summary
+    assert result.ok, result.summary
 
 
 def test_migrations_pass_squawk(migrations, squawk, config, evidence):

@@ -2,7 +2,8 @@
 
 Free disk where the backup goes (database size x dump ratio of the last run x safety factor), memory
 and CPU headroom here, latency to the database and the app, and an upgrade time estimate from this
-target's table sizes and measured throughput, compared with `thresholds.max_downtime_s`.
+target's table sizes, measured throughput and the migration rehearsal's timing (scaled to live rows),
+compared with `thresholds.max_downtime_s`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from upgate.checks.migrations import load_migrations, split_statements
 from upgate.checks.resources import (
+    UnitCost,
     check_backup_space,
     check_database_latency,
     check_estimate,
@@ -31,11 +32,10 @@ pytestmark = pytest.mark.upgate_component("resources")
 
 
 @pytest.fixture(scope="module")
-def database_size(db_url, config, baseline_dir):
+def database_size(db_url, config, run_dir):
     with psycopg.connect(db_url, connect_timeout=int(max(2, config.database.connect_timeout_s))) as conn:
         size = measure_database(conn)
-    (baseline_dir / "resources.json").write_text(json.dumps({"database": size.to_json()}, indent=2) + "\n",
-                                                 encoding="utf-8")
+    run_dir.save_baseline("resources", {"database": size.to_json()})
     return size
 
 
@@ -77,23 +77,24 @@ def test_app_latency_within_budget(app, config, evidence):
     assert result.ok, result.summary
 
 
-def test_upgrade_fits_downtime_budget(db_url, database_size, config, baseline_dir, earlier_runs, evidence):
+def test_upgrade_fits_downtime_budget(request, db_url, database_size, config, run_dir, baseline_dir, earlier_runs,
+                                      evidence):
     if not database_size.tables:
         pytest.skip("no table in the database: nothing to estimate")
-    statements = []
-    if config.migrate is not None:
-        for migration in load_migrations(config.migrate.directory):
-            text = migration.up.read_text(encoding="utf-8")
-            statements += [(migration.up.name, n, s) for n, s in enumerate(split_statements(text), start=1)]
+    units: list[UnitCost] = []
+    if config.migrate is not None:  # the migration as the rehearsal timed it, whatever tool runs it
+        timing = request.getfixturevalue("rehearsal").timing
+        if timing is not None:
+            units = [UnitCost(unit, t["measured_s"], t["estimate_s"]) for unit, t in timing.per_unit.items()]
     with psycopg.connect(db_url) as conn:
         throughput = measure_throughput(conn, database_size.tables[0].name, config.resources.sample_rows)
     fingerprints = sorted((baseline_dir / "fingerprints").glob("*.json"))
     fingerprint_s = sum(json.loads(f.read_text(encoding="utf-8")).get("elapsed_s", 0.0) for f in fingerprints)
     speed = dump_speed_from_runs(earlier_runs, config.target.name)
-    estimate = estimate_upgrade(database_size, statements, throughput, config.thresholds.max_downtime_s,
+    estimate = estimate_upgrade(database_size, throughput, config.thresholds.max_downtime_s, units=units,
                                 dump_bytes_per_s=speed[0] if speed else None,
                                 fingerprint_s=fingerprint_s if fingerprints else None)
     result = check_estimate(estimate)
-    (baseline_dir / "estimate.json").write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+    run_dir.save_baseline("estimate", result.to_json())
     evidence("estimate", result)
     assert result.ok, result.summary

@@ -1,8 +1,8 @@
-"""Pre-gate: the plan's migrations, rehearsed on a schema-only clone, are reversible and not destructive."""
+"""Pre-gate: the plan's migration, rehearsed on a sampled clone by its own tool, is not destructive, and
+reversible where it has a down (where it has none, the plan says its rollback is the restore)."""
 
 from __future__ import annotations
 
-import json
 import warnings
 
 import psycopg
@@ -13,33 +13,36 @@ from upgate.checks.schema import snapshot_schema
 pytestmark = pytest.mark.upgate_component("database")
 
 
-def test_schema_snapshot_recorded(db_url, baseline_dir, evidence):
+def test_schema_snapshot_recorded(db_url, run_dir, evidence):
     with psycopg.connect(db_url) as conn:
         snapshot = snapshot_schema(conn)
-    (baseline_dir / "schema.json").write_text(json.dumps(snapshot.to_json(), indent=2) + "\n", encoding="utf-8")
+    run_dir.save_baseline("schema", snapshot.to_json())
     evidence("schema", {"tables": sorted(snapshot.tables)})
     assert snapshot.tables, "the database has no table in the gated schemas: nothing to protect, check [database] url"
 
 
-def _problems(dry_run, destructive: bool) -> list[str]:
-    found = dry_run.result.evidence.get("problems", [])
+def _problems(rehearsal, destructive: bool) -> list[str]:
+    found = rehearsal.result.evidence.get("problems", [])
     return [p for p in found if p.startswith("destructive change") == destructive]
 
 
-def test_migration_rehearsal_is_reversible(dry_run, evidence):
-    """Up, down, up on a schema-only clone: down restores the original, the second up equals the first."""
-    evidence("dry run", dry_run.result)
-    problems = _problems(dry_run, destructive=False)
+def test_migration_rehearsal_is_reversible(rehearsal, evidence):
+    """Up (and, where every unit has a down: down restores the original schema, up again equals the first up)."""
+    evidence("rehearsal", rehearsal.result)
+    problems = _problems(rehearsal, destructive=False)
     assert not problems, "; ".join(problems)
+    if rehearsal.missing_down:
+        warnings.warn(f"no down for {', '.join(rehearsal.missing_down)}: the rollback restores the verified backup",
+                      UserWarning, stacklevel=1)
 
 
-def test_no_unallowed_destructive_change(dry_run):
-    problems = _problems(dry_run, destructive=True)
-    assert not dry_run.destructive and not problems, "; ".join(problems) or ", ".join(dry_run.destructive)
+def test_no_unallowed_destructive_change(rehearsal):
+    problems = _problems(rehearsal, destructive=True)
+    assert not rehearsal.destructive and not problems, "; ".join(problems) or ", ".join(rehearsal.destructive)
 
 
-def test_data_rewrites_reported(dry_run, evidence):
+def test_data_rewrites_reported(rehearsal, evidence):
     """Statements that rewrite data pass with a warning: the integrity gate is what proves them."""
-    evidence("data rewrites", {"warnings": list(dry_run.warnings)})
-    for text in dry_run.warnings:
+    evidence("data rewrites", {"warnings": list(rehearsal.warnings)})
+    for text in rehearsal.warnings:
         warnings.warn(text, UserWarning, stacklevel=1)

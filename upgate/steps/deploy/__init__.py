@@ -1,20 +1,18 @@
-"""Deploy adapters; the pipeline talks to `Deployer` (base.py) only."""
+"""Deploy kinds behind one `DeployStep` interface (base.py); the pipeline only sees the step."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
-from upgate.config import AppConfig, DeployConfig
+from upgate.config import Config
 from upgate.steps.deploy.base import Deployer
-from upgate.steps.deploy.command import CommandDeployer
-from upgate.steps.deploy.process import ProcessDeployer
+from upgate.steps.deploy.command import CommandDeploy
+from upgate.steps.deploy.process import ProcessDeploy
 
-__all__ = ["Deployer", "deployer_for"]
+__all__ = ["CommandDeploy", "Deployer", "ProcessDeploy", "deploy_step"]
+
+KINDS: dict[str, type[Deployer]] = {"process": ProcessDeploy, "command": CommandDeploy}
 
 
-def deployer_for(config: DeployConfig, app: AppConfig | None, logs: Path,
-                 on_progress: Callable[[str], None] | None = None) -> Deployer:
-    if config.kind == "process":
-        return ProcessDeployer(config, app, logs, on_progress=on_progress)
-    return CommandDeployer(config, app, logs, on_progress=on_progress)
+def deploy_step(config: Config) -> Deployer:
+    """The deploy step `[deploy] kind` names."""
+    assert config.deploy is not None
+    return KINDS[config.deploy.kind](config.deploy, config.app)

@@ -168,8 +168,5 @@ def test_no_process_shows_the_secret_in_its_arguments(planted: PlantedRun) -> No
     assert planted.process_hits == []
 
 
-@pytest.mark.xfail(strict=True, reason="upgate/steps/backup.py gives pg_dump (and pg_restore) the DSN with its "
-                                       "password on the command line; the steps branch moves it to "
-                                       "upgate.checks.secrets.libpq_credentials")
 def test_libpq_tools_get_the_password_outside_argv(planted: PlantedRun) -> None:
     assert [line for line in planted.tool_argv if hits(line)] == []

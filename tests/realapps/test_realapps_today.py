@@ -18,12 +18,8 @@ from upgate.fixtures.realapps.targets import RealAppTarget
 
 pytestmark = [pytest.mark.realapps, pytest.mark.e2e]
 
-LADDER = ("the ladder stop new -> restore -> start previous -> verify (today: undo deploy first, 2.10.1 refuses "
-          "the new schema and is not restarted after the restore: exit 30, nothing serving), and integrity "
-          "after a restore hashing enum columns by label, not by OID")
 
 
-@pytest.mark.xfail(strict=True, reason=f"needs {LADDER}")
 @pytest.mark.parametrize("realapp", ["optuna-upgrade-good", "optuna-upgrade-data-loss", "optuna-upgrade-broken-start"],
                          indirect=True)
 def test_optuna_migration_in_deploy_command_is_rolled_back_to_a_serving_old_version(

@@ -52,17 +52,23 @@ def _parser() -> argparse.ArgumentParser:
 
     from upgate.fixtures.demo import SCENARIOS
 
+    width = max(map(len, SCENARIOS)) + 2
     demo = sub.add_parser(
-        "demo", help="a real gated upgrade of the reference service on embedded PostgreSQL",
-        description="Start PostgreSQL (embedded unless DATABASE_URL is set), seed episodic_logs, start the "
-                    "reference service v1, and run the scenario's plan through `upgate run`.",
-        epilog="scenarios:\n" + "\n".join(f"  {n:<15} {s.description}" for n, s in SCENARIOS.items()),
+        "demo", help="a real gated upgrade of the reference service, or of a real app, on embedded PostgreSQL",
+        description="Start PostgreSQL (embedded unless DATABASE_URL is set) and the scenario's target at its old "
+                    "version (the reference service seeded with episodic_logs, or a third-party app installed from "
+                    "PyPI into a cached venv), and run the scenario's plan through `upgate run`.",
+        epilog="scenarios:\n" + "\n".join(f"  {n:<{width}} {s.description}" for n, s in SCENARIOS.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    demo.add_argument("--scenario", "-s", default="good", choices=sorted(SCENARIOS), help="default: good")
-    demo.add_argument("--rows", type=int, default=100_000, help="rows seeded into episodic_logs (default 100000)")
+    demo.add_argument("--scenario", "-s", default="good", choices=list(SCENARIOS), metavar="SCENARIO",
+                      help="one of the scenarios below (default: good)")
+    demo.add_argument("--list", action="store_true", help="print every scenario's name, one a line, and exit")
+    demo.add_argument("--rows", type=int, default=100_000,
+                      help="rows seeded into episodic_logs (default 100000; real apps write their own data)")
     demo.add_argument("--reports", default="reports", help="folder for run folders (default: reports)")
     demo.add_argument("--serve", action="store_true",
-                      help="only start the target (PostgreSQL + service v1), print its config path and leave it running")
+                      help="only start the target (PostgreSQL + the old version), print its config path and leave "
+                           "it running")
     demo.add_argument("--stop", metavar="FOLDER", help="stop a target left running by --serve")
 
     appconf = sub.add_parser("config", help="the application's config files: migrate with rules, validate")
@@ -186,6 +192,9 @@ def _app_config(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from upgate.fixtures import demo
 
+    if args.list:
+        print("\n".join(demo.list_scenarios()))
+        return 0
     if args.stop:
         demo.stop_served(Path(args.stop))
         return 0

@@ -2,6 +2,8 @@
 
     $ upgate run --config upgate.toml        # 0 upgraded, 10 blocked, 20 rolled back, 30 needs attention, 2 usage
     $ upgate demo --scenario destructive
+    $ upgate backup --config upgate.toml      # emergency: everything, verified, in one folder
+    $ upgate recover --config upgate.toml     # emergency: stop, restore, start previous, verify
 """
 
 from __future__ import annotations
@@ -46,6 +48,35 @@ def _parser() -> argparse.ArgumentParser:
     undo.add_argument("--run", default="latest", metavar="RUN",
                       help="the run: its folder, its id under --reports, or 'latest' (default)")
     undo.add_argument("--reports", default="reports", help="folder holding runs/ (default: reports)")
+
+    backup = sub.add_parser(
+        "backup", help="emergency backup: verified database dump, config files, model folders, recent logs",
+        description="Write one timestamped folder: the database (pg_dump -Fc verified by a full read, the schema "
+                    "snapshot and the row fingerprints of the gated tables), upgate.toml and the app's config files, "
+                    "the model folders, the tail of the service logs, and manifest.json with every file's sha256 "
+                    "(read back before the command ends).",
+        epilog="exit codes:\n  0   the backup is complete and verified (its folder is printed)\n"
+               "  30  no verified backup (what failed is printed)\n  2   usage or configuration error",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    backup.add_argument("--config", "-c", help="upgate.toml (default: $UPGATE_CONFIG, then ./upgate.toml)")
+    backup.add_argument("--output", "-o", default="backups",
+                        help="folder the timestamped emergency-* folder goes into (default: backups)")
+    backup.add_argument("--reports", default="reports", help="folder holding runs/, for the newest run's logs")
+
+    recover = sub.add_parser(
+        "recover", help="emergency recovery from `upgate backup`: stop, restore, start the previous version, verify",
+        description="Check the backup's manifest (a changed file: nothing is touched), then stop the app, restore "
+                    "the database (a fresh database, schema checked, swapped in by rename), put back the config "
+                    "files whose bytes differ, start the previous version ([deploy] previous / rollback_command), "
+                    "and verify the app's health, the schema and every table's fingerprint against the backup's.",
+        epilog="exit codes:\n  0   RECOVERED: restored and verified against the backup\n"
+               "  30  NEEDS_ATTENTION: not verified; read the recovery's folder (printed)\n"
+               "  2   usage or configuration error; nothing ran",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    recover.add_argument("--config", "-c", help="upgate.toml (default: $UPGATE_CONFIG, then ./upgate.toml)")
+    recover.add_argument("--from", dest="source", metavar="DIR",
+                         help="the backup folder (default: the newest emergency-* under backups/)")
+    recover.add_argument("--reports", default="reports", help="folder for the recovery's journal (recoveries/)")
 
     check = sub.add_parser("check-config", help="validate a config file and print what would be gated")
     check.add_argument("--config", "-c", help="upgate.toml (default: $UPGATE_CONFIG, then ./upgate.toml)")
@@ -100,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
             return _rollback(args)
         if args.command == "check-config":
             return _check_config(args)
+        if args.command == "backup":
+            return _backup(args)
+        if args.command == "recover":
+            return _recover(args)
         if args.command == "demo":
             return _demo(args)
         if args.command == "config":
@@ -137,6 +172,32 @@ def _rollback(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     return rollback_run(config, resolve_run(args.run, Path(args.reports))).exit_code
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from upgate.config import load_config
+    from upgate.core.emergency import emergency_backup
+    from upgate.errors import StepFailed
+
+    config = load_config(args.config)
+    try:
+        folder = emergency_backup(config, Path(args.output), Path(args.reports),
+                                  say=lambda label, message: print(f"{label}: {message}", flush=True))
+    except StepFailed as exc:
+        print(f"upgate backup: NO verified backup: {exc}", file=sys.stderr)
+        return EXIT_CODES[Verdict.NEEDS_ATTENTION]
+    print(f"backup: {folder}")
+    print(f"  recover with: upgate recover --config {config.source} --from {folder}")
+    return 0
+
+
+def _recover(args: argparse.Namespace) -> int:
+    from upgate.config import load_config
+    from upgate.core.emergency import DEFAULT_OUTPUT, latest_backup, recover
+
+    config = load_config(args.config)
+    folder = Path(args.source) if args.source else latest_backup(DEFAULT_OUTPUT)
+    return recover(config, folder, Path(args.reports)).exit_code
 
 
 def _check_config(args: argparse.Namespace) -> int:

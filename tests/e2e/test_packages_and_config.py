@@ -51,6 +51,9 @@ def test_good_upgrade(venv_python, base_set, tmp_path):
     assert "pre-gates, package upgrade, config migration and post-gates passed" in proc.stdout
     assert installed(venv_python) == sorted(["six==1.17.0" if p == "six==1.16.0" else p for p in base_set])
     assert json.loads((app.folder / "service.json").read_text())["database"] == {"url": "postgresql://app@db/app"}
+    journal = next((tmp_path / "reports" / "runs").glob("*/journal.jsonl")).read_text().splitlines()
+    assert [(r["step"], r["event"]) for r in map(json.loads, journal)] == [(s, e) for s, e, _, _ in GOOD_RUN], \
+        "GOOD_RUN no longer lists every record of a good run: the kill -9 test would miss a point"
     # `upgate rollback` of the upgraded run, from its journal alone: the old set, offline, and the old bytes.
     before_files = make_app(tmp_path / "pristine", venv_python, GOOD).digests()
     undo = upgate("rollback", "--config", str(app.config), "--reports", str(tmp_path / "reports"), cwd=tmp_path)

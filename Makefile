@@ -9,9 +9,10 @@ ROWS   ?= 100000
 .PHONY: help venv demo demo-all test lint typecheck unit integration e2e bench clean report-tools
 
 help:
-	@echo "make demo      a real gated upgrade of the reference service (SCENARIO=good|destructive|broken-deploy|blocked|"
-	@echo "               slow|contract-break|locking|model-good|model-regression)"
-	@echo "make demo-all  every demo scenario, one after the other"
+	@echo "make demo      a real gated upgrade: SCENARIO=good (default) or any of \`upgate demo --list\`:"
+	@if test -x $(BIN)/upgate; then $(BIN)/upgate demo --list | paste -sd ' ' | fold -s -w 92 | sed 's/^/                /'; \
+	else echo "                (run \`make venv\` first to list them)"; fi
+	@echo "make demo-all  every demo scenario (\`upgate demo --list\`), one after the other"
 	@echo "make test      lint, type check, and upgate's own tests (unit, integration on real PostgreSQL, e2e)"
 	@echo "make bench     benchmarks (bench/): integrity fingerprints against the floor and bytes per row; downtime error; perf A/A and detection; restore of ~1 GB against bare pg_restore"
 
@@ -27,7 +28,7 @@ demo: $(STAMP)
 	$(BIN)/upgate demo --scenario $(SCENARIO) --rows $(ROWS)
 
 demo-all: $(STAMP)
-	for s in good destructive broken-deploy blocked slow contract-break locking model-good model-regression; do $(BIN)/upgate demo --scenario $$s --rows $(ROWS); echo "exit $$?"; done
+	for s in $$($(BIN)/upgate demo --list); do $(BIN)/upgate demo --scenario $$s --rows $(ROWS); echo "$$s: exit $$?"; done
 
 lint: $(STAMP)
 	$(BIN)/ruff check upgate tests bench

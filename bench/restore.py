@@ -12,7 +12,6 @@ created on that server and dropped afterwards. Figures are printed, never assert
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import tempfile
 import time
@@ -23,7 +22,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from upgate.checks.schema import libpq_target, snapshot_schema
+from upgate.checks.schema import snapshot_schema
+from upgate.checks.secrets import libpq_credentials
 from upgate.embedded.postgres import PostgresServer, database_name, embedded_postgres, find_pg_tool
 from upgate.steps.backup import restore_database, take_backup
 
@@ -79,9 +79,9 @@ def bare_restore(server: PostgresServer, dump: Path, jobs: int) -> float:
     target = server.create_database("bare")
     try:
         started = time.monotonic()
-        dsn, env = libpq_target(target)
-        subprocess.run([find_pg_tool("pg_restore", server.bin_dir), "--no-owner", "--exit-on-error", f"--jobs={jobs}",
-                        "--dbname", dsn, str(dump)], check=True, capture_output=True, env={**os.environ, **env})
+        with libpq_credentials(target) as (dsn, env):
+            subprocess.run([find_pg_tool("pg_restore", server.bin_dir), "--no-owner", "--exit-on-error",
+                            f"--jobs={jobs}", "--dbname", dsn, str(dump)], check=True, capture_output=True, env=env)
         return time.monotonic() - started
     finally:
         server.drop_database(target)

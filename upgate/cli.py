@@ -2,6 +2,8 @@
 
     $ upgate run --config upgate.toml        # 0 upgraded, 10 blocked, 20 rolled back, 30 needs attention, 2 usage
     $ upgate demo --scenario destructive
+    $ upgate backup --config upgate.toml      # emergency: everything, verified, in one folder
+    $ upgate recover --config upgate.toml     # emergency: stop, restore, start previous, verify
 """
 
 from __future__ import annotations
@@ -47,22 +49,57 @@ def _parser() -> argparse.ArgumentParser:
                       help="the run: its folder, its id under --reports, or 'latest' (default)")
     undo.add_argument("--reports", default="reports", help="folder holding runs/ (default: reports)")
 
+    backup = sub.add_parser(
+        "backup", help="emergency backup: verified database dump, config files, model folders, recent logs",
+        description="Write one timestamped folder: the database (pg_dump -Fc verified by a full read, the schema "
+                    "snapshot and the row fingerprints of the gated tables), upgate.toml and the app's config files, "
+                    "the model folders, the tail of the service logs, and manifest.json with every file's sha256 "
+                    "(read back before the command ends).",
+        epilog="exit codes:\n  0   the backup is complete and verified (its folder is printed)\n"
+               "  30  no verified backup (what failed is printed)\n  2   usage or configuration error",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    backup.add_argument("--config", "-c", help="upgate.toml (default: $UPGATE_CONFIG, then ./upgate.toml)")
+    backup.add_argument("--output", "-o", default="backups",
+                        help="folder the timestamped emergency-* folder goes into (default: backups)")
+    backup.add_argument("--reports", default="reports", help="folder holding runs/, for the newest run's logs")
+
+    recover = sub.add_parser(
+        "recover", help="emergency recovery from `upgate backup`: stop, restore, start the previous version, verify",
+        description="Check the backup's manifest (a changed file: nothing is touched), then stop the app, restore "
+                    "the database (a fresh database, schema checked, swapped in by rename), put back the config "
+                    "files whose bytes differ, start the previous version ([deploy] previous / rollback_command), "
+                    "and verify the app's health, the schema and every table's fingerprint against the backup's.",
+        epilog="exit codes:\n  0   RECOVERED: restored and verified against the backup\n"
+               "  30  NEEDS_ATTENTION: not verified; read the recovery's folder (printed)\n"
+               "  2   usage or configuration error; nothing ran",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    recover.add_argument("--config", "-c", help="upgate.toml (default: $UPGATE_CONFIG, then ./upgate.toml)")
+    recover.add_argument("--from", dest="source", metavar="DIR",
+                         help="the backup folder (default: the newest emergency-* under backups/)")
+    recover.add_argument("--reports", default="reports", help="folder for the recovery's journal (recoveries/)")
+
     check = sub.add_parser("check-config", help="validate a config file and print what would be gated")
     check.add_argument("--config", "-c", help="upgate.toml (default: $UPGATE_CONFIG, then ./upgate.toml)")
 
     from upgate.fixtures.demo import SCENARIOS
 
+    width = max(map(len, SCENARIOS)) + 2
     demo = sub.add_parser(
-        "demo", help="a real gated upgrade of the reference service on embedded PostgreSQL",
-        description="Start PostgreSQL (embedded unless DATABASE_URL is set), seed episodic_logs, start the "
-                    "reference service v1, and run the scenario's plan through `upgate run`.",
-        epilog="scenarios:\n" + "\n".join(f"  {n:<15} {s.description}" for n, s in SCENARIOS.items()),
+        "demo", help="a real gated upgrade of the reference service, or of a real app, on embedded PostgreSQL",
+        description="Start PostgreSQL (embedded unless DATABASE_URL is set) and the scenario's target at its old "
+                    "version (the reference service seeded with episodic_logs, or a third-party app installed from "
+                    "PyPI into a cached venv), and run the scenario's plan through `upgate run`.",
+        epilog="scenarios:\n" + "\n".join(f"  {n:<{width}} {s.description}" for n, s in SCENARIOS.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    demo.add_argument("--scenario", "-s", default="good", choices=sorted(SCENARIOS), help="default: good")
-    demo.add_argument("--rows", type=int, default=100_000, help="rows seeded into episodic_logs (default 100000)")
+    demo.add_argument("--scenario", "-s", default="good", choices=list(SCENARIOS), metavar="SCENARIO",
+                      help="one of the scenarios below (default: good)")
+    demo.add_argument("--list", action="store_true", help="print every scenario's name, one a line, and exit")
+    demo.add_argument("--rows", type=int, default=100_000,
+                      help="rows seeded into episodic_logs (default 100000; real apps write their own data)")
     demo.add_argument("--reports", default="reports", help="folder for run folders (default: reports)")
     demo.add_argument("--serve", action="store_true",
-                      help="only start the target (PostgreSQL + service v1), print its config path and leave it running")
+                      help="only start the target (PostgreSQL + the old version), print its config path and leave "
+                           "it running")
     demo.add_argument("--stop", metavar="FOLDER", help="stop a target left running by --serve")
 
     appconf = sub.add_parser("config", help="the application's config files: migrate with rules, validate")
@@ -94,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
             return _rollback(args)
         if args.command == "check-config":
             return _check_config(args)
+        if args.command == "backup":
+            return _backup(args)
+        if args.command == "recover":
+            return _recover(args)
         if args.command == "demo":
             return _demo(args)
         if args.command == "config":
@@ -131,6 +172,32 @@ def _rollback(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     return rollback_run(config, resolve_run(args.run, Path(args.reports))).exit_code
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from upgate.config import load_config
+    from upgate.core.emergency import emergency_backup
+    from upgate.errors import StepFailed
+
+    config = load_config(args.config)
+    try:
+        folder = emergency_backup(config, Path(args.output), Path(args.reports),
+                                  say=lambda label, message: print(f"{label}: {message}", flush=True))
+    except StepFailed as exc:
+        print(f"upgate backup: NO verified backup: {exc}", file=sys.stderr)
+        return EXIT_CODES[Verdict.NEEDS_ATTENTION]
+    print(f"backup: {folder}")
+    print(f"  recover with: upgate recover --config {config.source} --from {folder}")
+    return 0
+
+
+def _recover(args: argparse.Namespace) -> int:
+    from upgate.config import load_config
+    from upgate.core.emergency import DEFAULT_OUTPUT, latest_backup, recover
+
+    config = load_config(args.config)
+    folder = Path(args.source) if args.source else latest_backup(DEFAULT_OUTPUT)
+    return recover(config, folder, Path(args.reports)).exit_code
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -186,6 +253,9 @@ def _app_config(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from upgate.fixtures import demo
 
+    if args.list:
+        print("\n".join(demo.list_scenarios()))
+        return 0
     if args.stop:
         demo.stop_served(Path(args.stop))
         return 0

@@ -323,6 +323,73 @@ class ModelUpgradeConfig(Section):
     keep_backups: int = Field(default=3, ge=1)
 
 
+class PackagesConfig(Section):
+    """`[packages]`: upgrade a Python environment's packages as one step, undone offline.
+
+    Before anything changes, the installed set (`pip list --format=freeze`) is recorded and every
+    distribution saved as a wheel in the run folder; undo reinstalls exactly that set with
+    `--no-index` from those wheels (no network) and removes what the candidate added.
+    """
+
+    # The interpreter of the environment to upgrade (a venv's bin/python); relative to this file.
+    python: Path
+    # The candidate: requirements files (`pip install -r` each) and/or pip arguments ("optuna==5.0.0", "-U").
+    requirements: list[Path] = []
+    install: list[str] = []
+    # The application's own tests, as argv: must pass before (pre gate), after (post gate) and after a rollback.
+    test: list[str] = []
+    test_workdir: Path | None = None
+    test_timeout_s: float = Field(default=600.0, gt=0)
+    pip_timeout_s: float = Field(default=1800.0, gt=0)
+
+    @model_validator(mode="after")
+    def _candidate(self) -> PackagesConfig:
+        if not self.requirements and not self.install:
+            raise ValueError("packages needs the candidate: packages.requirements (files) or packages.install "
+                             "(pip arguments)")
+        return self
+
+
+class ConfigFileMigration(Section):
+    """One `[[config.files]]` entry: a JSON/TOML/YAML file migrated by an `upgate config migrate` rules file."""
+
+    path: Path
+    rules: Path
+    format: Literal["auto", "json", "toml", "yaml"] = "auto"
+
+
+class EnvFileChange(Section):
+    """One `[[config.env]]` entry: KEY=value lines of an env file set, renamed or deleted."""
+
+    path: Path
+    set: dict[str, str] = {}
+    rename: dict[str, str] = {}  # old name -> new name (the value kept)
+    delete: list[str] = []
+
+    @model_validator(mode="after")
+    def _something(self) -> EnvFileChange:
+        if not (self.set or self.rename or self.delete):
+            raise ValueError(f"config.env entry {self.path}: nothing to change (set, rename or delete)")
+        return self
+
+
+class ConfigStepConfig(Section):
+    """`[config]`: the application's config files changed as one step, backed up and undone to the exact bytes."""
+
+    files: list[ConfigFileMigration] = []
+    env: list[EnvFileChange] = []
+
+    @model_validator(mode="after")
+    def _something(self) -> ConfigStepConfig:
+        if not (self.files or self.env):
+            raise ValueError("config needs [[config.files]] (a file and its rules) or [[config.env]] (an env file's "
+                             "changes)")
+        return self
+
+    def paths(self) -> list[Path]:
+        return [f.path for f in self.files] + [e.path for e in self.env]
+
+
 class GatesConfig(Section):
     # Folder holding pre/ and post/; empty: the gates shipped with upgate.
     directory: Path | None = None
@@ -459,6 +526,9 @@ class Config(Section):
     migration_safety: MigrationSafetyConfig = MigrationSafetyConfig()
     models: list[ModelConfig] = []
     model_upgrade: ModelUpgradeConfig | None = None
+    packages: PackagesConfig | None = None
+    # `[config]` in the file (the application's config files as an upgrade step).
+    config_files: ConfigStepConfig | None = Field(default=None, alias="config")
 
     # Where it came from; not a key of the file.
     source: Path = Field(default=Path(DEFAULT_NAME), exclude=True)
@@ -489,6 +559,8 @@ class Config(Section):
             "performance": self.performance is not None,
             "compat": self.compat is not None,
             "contract": self.contract is not None,
+            "packages": self.packages is not None,
+            "config_files": self.config_files is not None,
         }
 
     def model(self, name: str) -> ModelConfig | None:
@@ -521,6 +593,8 @@ _PATH_KEYS: dict[str, tuple[str, ...]] = {
     "performance": ("locustfile", "pidfile"),
     "reporting": ("textfile_dir", "audit_log"),
     "compat": ("python", "requirements", "candidate", "app_config[].path", "app_config[].rules"),
+    "packages": ("python", "requirements", "test_workdir"),
+    "config": ("files[].path", "files[].rules", "env[].path"),
 }
 
 

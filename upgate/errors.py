@@ -10,6 +10,7 @@ class Verdict(StrEnum):
     BLOCKED = "BLOCKED"
     ROLLED_BACK = "ROLLED_BACK"
     NEEDS_ATTENTION = "NEEDS_ATTENTION"
+    RECOVERED = "RECOVERED"  # `upgate recover`: restored from an emergency backup and verified
     USAGE_ERROR = "USAGE_ERROR"
 
 
@@ -18,6 +19,7 @@ EXIT_CODES: dict[Verdict, int] = {
     Verdict.BLOCKED: 10,
     Verdict.ROLLED_BACK: 20,
     Verdict.NEEDS_ATTENTION: 30,
+    Verdict.RECOVERED: 0,
     Verdict.USAGE_ERROR: 2,
 }
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from upgate.checks.processes import listeners, tree_pids
 from upgate.config import load_config
 from upgate.core.journal import Journal
 from upgate.core.runs import RunDir
@@ -22,7 +23,6 @@ from upgate.errors import StepFailed
 from upgate.fixtures.reference import free_port
 from upgate.steps.base import StepContext
 from upgate.steps.deploy import CommandDeploy, ProcessDeploy, deploy_step
-from upgate.steps.deploy.base import listeners, tree_pids
 
 SERVER = str(Path(__file__).with_name("forking_server.py"))
 

@@ -195,17 +195,20 @@ def test_without_createdb_the_schemas_are_dropped_and_the_backup_replayed_in_one
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
-def test_the_password_reaches_the_tools_through_the_environment_never_argv(app_db, tmp_path):
+def test_the_password_reaches_the_tools_through_a_passfile_never_argv(app_db, tmp_path):
     seen = tmp_path / "seen"
     for tool in ("pg_dump", "pg_restore"):
         wrapper = tmp_path / "bin" / tool
         wrapper.parent.mkdir(exist_ok=True)
-        wrapper.write_text(f'#!/bin/sh\necho "{tool} $* PGPASSWORD=$PGPASSWORD" >> {seen}\nexec "{find_pg_tool(tool)}" "$@"\n')
+        wrapper.write_text(f'#!/bin/sh\necho "{tool} $* | PGPASSWORD=$PGPASSWORD | $PGPASSFILE: $(cat "$PGPASSFILE")" '
+                           f'>> {seen}\nexec "{find_pg_tool(tool)}" "$@"\n')
         wrapper.chmod(0o755)
     with_password = app_db.replace("postgres:@", "postgres:s3cret@")
     take_backup(with_password, tmp_path / "b", str(tmp_path / "bin" / "pg_dump"), str(tmp_path / "bin" / "pg_restore"))
     lines = seen.read_text().splitlines()
-    dump = [line for line in lines if line.startswith("pg_dump")][0]
-    assert dump.endswith("PGPASSWORD=s3cret") and "s3cret" not in dump.removesuffix("PGPASSWORD=s3cret")
+    argv, env, passfile = [line for line in lines if line.startswith("pg_dump")][0].split(" | ")
+    assert "s3cret" not in argv and env == "PGPASSWORD="
+    path, content = passfile.split(": ", 1)
+    assert content == "*:*:*:*:s3cret" and not Path(path).exists(), "the passfile outlived the tool"
     assert os.environ.get("PGPASSWORD") != "s3cret"
     assert Path(tmp_path / "b" / "database.dump").exists()

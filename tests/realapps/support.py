@@ -1,11 +1,9 @@
-"""Helpers of the real-app tests: venvs or a skip, the steps-core probe, running `upgate` as a user does."""
+"""Helpers of the real-app tests: venvs or a skip, running `upgate` as a user does, the independent checks."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,14 +40,6 @@ def need_venv(name: str) -> Path:
     if isinstance(found, str):
         pytest.skip(f"venv {name}: {found}")
     return found
-
-
-def steps_core_landed() -> bool:
-    """The steps core of issue 8: upgate/steps/base.py and `[migrate] kind = "command"` in the config model."""
-    from upgate.config import MigrateConfig
-
-    kinds = typing.get_args(MigrateConfig.model_fields["kind"].annotation)
-    return importlib.util.find_spec("upgate.steps.base") is not None and "command" in kinds
 
 
 def run_upgate(config: Path, tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:

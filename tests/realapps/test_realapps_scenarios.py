@@ -1,9 +1,7 @@
 """The proof on applications nobody here wrote (issue 8): each scenario runs `upgate run` on its plan as a
 user does, then checks the outcome itself: row count and md5 of every table, the catalog, the sequences,
 which version answers /version, which processes listen on the port and whether the old ones are gone.
-
-Until the steps core lands (upgate/steps/base.py, `[migrate] kind = "command"`), the plans cannot even be
-loaded: each test is a strict xfail naming what it needs, and turns into a plain test when the core is in.
+Each test prints the run's verdict line (`pytest -s` shows them).
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ from tests.realapps.support import (
     assert_restored_exactly,
     assert_serving_only,
     observe,
-    steps_core_landed,
     upgrade,
 )
 from upgate.fixtures.realapps.observe import (
@@ -26,25 +23,15 @@ from upgate.fixtures.realapps.observe import (
     port_owners,
     sequence_values,
     serving_versions,
+    still_running,
 )
 from upgate.fixtures.realapps.targets import RealAppTarget
 
 pytestmark = [pytest.mark.realapps, pytest.mark.e2e]
 
-CORE = steps_core_landed()
-
-
-def needs_core(feature: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(not CORE, strict=True, reason=f"needs the steps core of issue 8: {feature}")
-
-
-MIGRATE_COMMAND = "[migrate] kind = 'command' (the plan does not load today)"
-
-
 # --- optuna 2.10.1 -> 5.0.0 -----------------------------------------------------------------------------
 
 
-@needs_core(MIGRATE_COMMAND)
 @pytest.mark.parametrize("realapp", ["optuna-upgrade-good"], indirect=True)
 def test_optuna_upgrade_good(realapp: RealAppTarget, tmp_path) -> None:
     before = observe(realapp)
@@ -58,7 +45,6 @@ def test_optuna_upgrade_good(realapp: RealAppTarget, tmp_path) -> None:
     assert_serving_only(realapp, {"5.0.0"}, before)
 
 
-@needs_core(MIGRATE_COMMAND + "; the restore when there is no down")
 @pytest.mark.parametrize("realapp", ["optuna-upgrade-data-loss", "optuna-upgrade-broken-start"], indirect=True)
 def test_optuna_upgrade_bad_is_restored_and_old_version_serves(realapp: RealAppTarget, tmp_path) -> None:
     before = observe(realapp)
@@ -83,7 +69,6 @@ def notes_v1_digest(url: str) -> str:
     return str(row[0])
 
 
-@needs_core(MIGRATE_COMMAND)
 @pytest.mark.parametrize("realapp", ["django-migrate-good"], indirect=True)
 def test_django_migrate_good(realapp: RealAppTarget, tmp_path) -> None:
     url = realapp.database_url
@@ -101,7 +86,6 @@ def test_django_migrate_good(realapp: RealAppTarget, tmp_path) -> None:
     assert len(port_owners(realapp.port, realapp.pidfile).tree) == 3  # arbiter + 2 workers
 
 
-@needs_core(MIGRATE_COMMAND + " without a down: the restore")
 @pytest.mark.parametrize("realapp", ["django-migrate-irreversible-bad"], indirect=True)
 def test_django_irreversible_migration_is_undone_by_the_restore(realapp: RealAppTarget, tmp_path) -> None:
     before = observe(realapp)
@@ -112,7 +96,6 @@ def test_django_irreversible_migration_is_undone_by_the_restore(realapp: RealApp
     assert_serving_only(realapp, {"v1"}, before)
 
 
-@needs_core(MIGRATE_COMMAND + " with down = manage.py migrate notes 0001")
 @pytest.mark.parametrize("realapp", ["django-migrate-reversible-bad"], indirect=True)
 def test_django_reversible_migration_is_undone_by_its_down(realapp: RealAppTarget, tmp_path) -> None:
     url = realapp.database_url
@@ -131,7 +114,6 @@ def test_django_reversible_migration_is_undone_by_its_down(realapp: RealAppTarge
 # --- gunicorn (arbiter + 2 workers), kind = "process" ---------------------------------------------------
 
 
-@needs_core("the app /metrics gate skipped when [monitoring] is absent")
 @pytest.mark.parametrize("realapp", ["gunicorn-deploy-good"], indirect=True)
 def test_gunicorn_deploy_good_leaves_no_old_worker(realapp: RealAppTarget, tmp_path) -> None:
     before = observe(realapp)
@@ -141,11 +123,35 @@ def test_gunicorn_deploy_good_leaves_no_old_worker(realapp: RealAppTarget, tmp_p
     assert len(port_owners(realapp.port, realapp.pidfile).tree) == 3
 
 
-@needs_core("process-tree stop, port free, readiness from the new process; /metrics skip")
 @pytest.mark.parametrize("realapp", ["gunicorn-deploy-leftover-worker"], indirect=True)
-def test_gunicorn_leftover_worker_is_caught(realapp: RealAppTarget, tmp_path) -> None:
+def test_gunicorn_leftover_worker_is_caught_before_anything_is_touched(realapp: RealAppTarget, tmp_path) -> None:
+    """A v1 worker left a daemon serving v1 on the port outside the arbiter's process tree. Stopping the tree
+    would leave it answering, and the previous version could not be brought back cleanly beside it, so the
+    pre-gate (every listener on the port belongs to the pidfile's tree) blocks: exit 10, naming the daemon's
+    pid and command line, nothing touched: the same v1 arbiter and workers still run and v1 still answers."""
+    before = observe(realapp)
+    escaped = sorted(int(p) for p in realapp.escape_pidfile.read_text().split()) if realapp.escape_pidfile else []
+    assert escaped, "the escaping build left no daemon"
     code, output = upgrade(realapp, realapp.config, tmp_path)
-    old_answers = "v1-escaping" in serving_versions(realapp.base_url, "build", samples=20)
-    assert not (code == 0 and old_answers), "UPGRADED while the old version still answers on the port"
-    assert code == 20, output
+    assert code == 10, output
+    assert f"pid {escaped[0]} (" in output and "stopping the old version would leave it serving" in output
+    assert still_running(before.tree) == {pid for pid, _ in before.tree}, "the old tree was touched"
     assert serving_versions(realapp.base_url, "build", samples=20) == {"v1-escaping"}
+
+
+# --- a migration upgate is not told about ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("realapp", ["optuna-upgrade-good"], indirect=True)
+def test_optuna_migration_hidden_in_the_deploy_command_is_rolled_back(realapp: RealAppTarget, tmp_path) -> None:
+    """The good upgrade wired as users did before `[migrate] kind = "command"`: `optuna storage upgrade` inside
+    the deploy script. The post schema gate sees a schema change no migration step explains and fails; the
+    ladder stops 5.0.0, restores the backup (the schema 2.10.1 accepts) and only then starts 2.10.1: exit 20,
+    every row and catalog object as before, 2.10.1 serving."""
+    assert realapp.hidden_migration_config
+    before = observe(realapp)
+    code, output = upgrade(realapp, realapp.hidden_migration_config, tmp_path)
+    assert code == 20, output
+    assert_restored_exactly(realapp, before)
+    assert get_json(realapp.base_url + "/studies") == (200, {"studies": realapp.written["studies"]})
+    assert_serving_only(realapp, {"2.10.1"}, before)

@@ -6,7 +6,7 @@ import pytest
 
 from upgate.cli import main
 
-COMMANDS = ["run", "demo", "rollback", "report", "history", "config", "check-config"]
+COMMANDS = ["run", "demo", "rollback", "report", "history", "config", "check-config", "backup", "recover"]
 
 
 @pytest.mark.parametrize("command", [[], *[[c] for c in COMMANDS]], ids=["upgate", *COMMANDS])

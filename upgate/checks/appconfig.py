@@ -10,13 +10,15 @@
 
 Keys are dotted paths; `name[]` stands for every element of the list `name`
 (`ai_models[].timeout`). Rules run in order: `rename`/`move` (from -> to), `default` (set `key` to
-`value` where absent) and `remove`. Files are JSON, TOML or YAML, by suffix.
+`value` where absent) and `remove`. Files are JSON, TOML or YAML, by suffix. Env files (`KEY=value`
+lines) are edited as text by `edit_env`, every other line kept byte for byte.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -296,3 +298,74 @@ def _move(data: dict[str, Any], source: str, target: str, verb: str) -> list[str
         return [f"{verb} {source} -> {target}"]
     parent[key] = value
     raise ValueError(f"cannot move {source} to {target}: a key on the way is not a table")
+
+
+# --- env files (KEY=value lines) -----------------------------------------------------------------------
+
+_ENV_LINE = re.compile(r"^(\s*(?:export\s+)?)([A-Za-z_][A-Za-z0-9_.-]*)(\s*=)(.*?)(\r?\n)?$", re.S)
+
+
+def env_keys(text: str) -> dict[str, int]:
+    """KEY -> its line number (0-based) in an env file's text; comments and blank lines are not keys."""
+    keys: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(keepends=True)):
+        m = _ENV_LINE.match(line)
+        if m and not line.lstrip().startswith("#"):
+            keys.setdefault(m.group(2), number)
+    return keys
+
+
+def edit_env(text: str, set_values: Mapping[str, str], rename: Mapping[str, str], delete: list[str],
+             source: str = ".env") -> tuple[str, list[str]]:
+    """The env file's text with keys renamed (value kept), deleted, then set; one line per change, values never shown.
+
+    Every other line (comments, order, quoting, `export`) is kept byte for byte. A rename whose old
+    key is gone and new key present was done already (no change); neither present is a ValueError,
+    and so is both present. Deleting an absent key changes nothing; setting an absent key appends it.
+    """
+    lines = text.splitlines(keepends=True)
+    changes: list[str] = []
+
+    def index() -> dict[str, int]:
+        return env_keys("".join(lines))
+
+    for old, new in rename.items():
+        keys = index()
+        if old in keys and new in keys:
+            raise ValueError(f"{source}: cannot rename {old} to {new}: both are set")
+        if old not in keys:
+            if new in keys:
+                continue
+            raise ValueError(f"{source}: cannot rename {old} to {new}: {old} is not set")
+        m = _ENV_LINE.match(lines[keys[old]])
+        assert m is not None
+        lines[keys[old]] = f"{m.group(1)}{new}{m.group(3)}{m.group(4)}{m.group(5) or ''}"
+        changes.append(f"renamed {old} -> {new}")
+    for key in delete:
+        keys = index()
+        if key in keys:
+            lines = [line for n, line in enumerate(lines) if n not in _lines_of(lines, key)]
+            changes.append(f"deleted {key}")
+    for key, value in set_values.items():
+        keys = index()
+        if key in keys:
+            m = _ENV_LINE.match(lines[keys[key]])
+            assert m is not None
+            if m.group(4) != value:
+                lines[keys[key]] = f"{m.group(1)}{key}{m.group(3)}{value}{m.group(5) or ''}"
+                changes.append(f"set {key} (changed)")
+        else:
+            if lines and not lines[-1].endswith("\n"):
+                lines[-1] += "\n"
+            lines.append(f"{key}={value}\n")
+            changes.append(f"set {key} (added)")
+    return "".join(lines), changes
+
+
+def _lines_of(lines: list[str], key: str) -> set[int]:
+    found = set()
+    for number, line in enumerate(lines):
+        m = _ENV_LINE.match(line)
+        if m and m.group(2) == key and not line.lstrip().startswith("#"):
+            found.add(number)
+    return found

@@ -14,13 +14,11 @@ paths, operations and response schemas are compared the same way.
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from upgate.checks import http
 from upgate.checks.result import CheckResult
 from upgate.checks.secrets import redact
 
@@ -133,33 +131,24 @@ def _type_name(shape: Shape) -> str:
 
 def sample_endpoint(base_url: str, endpoint: str, timeout_s: float = 5.0) -> EndpointSample:
     """GET `base_url + endpoint` and take the shape of its JSON body."""
-    url = base_url.rstrip("/") + endpoint
-    request = urllib.request.Request(url, headers={"Accept": "application/json", "User-Agent": "upgate-contract"})
+    answer = http.get(base_url.rstrip("/") + endpoint, timeout_s, headers={"Accept": "application/json"})
+    if not answer.answered:
+        return EndpointSample(endpoint, None, None, answer.error)
+    if not 200 <= (answer.status or 0) < 300:
+        return EndpointSample(endpoint, answer.status, None, f"HTTP {answer.status}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
-            status, body = resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return EndpointSample(endpoint, exc.code, None, f"HTTP {exc.code}")
-    except (OSError, ValueError) as exc:
-        return EndpointSample(endpoint, None, None, redact(f"{type(exc).__name__}: {exc}"))
-    try:
-        data = json.loads(body)
+        data = answer.json()
     except ValueError:
-        return EndpointSample(endpoint, status, None, "the body is not JSON")
-    return EndpointSample(endpoint, status, shape_of(data))
+        return EndpointSample(endpoint, answer.status, None, "the body is not JSON")
+    return EndpointSample(endpoint, answer.status, shape_of(data))
 
 
 def fetch_openapi(base_url: str, path: str, timeout_s: float = 5.0) -> dict[str, Any] | None:
     """The app's OpenAPI document, or None when it serves none at `path` (any error counts as none)."""
     if not path:
         return None
-    sample_url = base_url.rstrip("/") + path
-    try:
-        with urllib.request.urlopen(sample_url, timeout=timeout_s) as resp:
-            data = json.loads(resp.read())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and "paths" in data else None
+    status, data = http.get_json(base_url.rstrip("/") + path, timeout_s)
+    return data if status == 200 and isinstance(data, dict) and "paths" in data else None
 
 
 def record_contract(base_url: str, endpoints: list[str], openapi_path: str = "/openapi.json",

@@ -8,17 +8,14 @@ True
 
 from __future__ import annotations
 
-import http.client
 import json
 import math
-import socket
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 import psycopg
 
+from upgate.checks import http
 from upgate.checks.result import CheckResult
 from upgate.checks.secrets import redact
 
@@ -74,40 +71,22 @@ def check_database(url: str, timeout_s: float = 5.0) -> CheckResult:
 def probe_http(url: str, timeout_s: float = 2.0, expect_status: int = 200) -> CheckResult:
     """GET `url` (proxies ignored) and compare the status; evidence has status, latency_ms and the body."""
     shown = redact(url)
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    request = urllib.request.Request(url, method="GET", headers={"User-Agent": "upgate-probe"})
-    started = time.monotonic()
-    try:
-        try:
-            with opener.open(request, timeout=timeout_s) as response:
-                status, raw, content_type = (
-                    response.status,
-                    response.read(),
-                    response.headers.get("Content-Type"),
-                )
-        except urllib.error.HTTPError as exc:  # a status outside 2xx still answered
-            status, raw, content_type = exc.code, exc.read(), exc.headers.get("Content-Type")
-    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-        elapsed_ms = round((time.monotonic() - started) * 1000, 1)
-        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        why = (
-            "timed out"
-            if isinstance(reason, socket.timeout | TimeoutError)
-            else redact(str(reason) or type(reason).__name__)
-        )
+    answer = http.get(url, timeout_s)
+    if not answer.answered:
         return CheckResult(
             ok=False,
-            summary=f"GET {shown}: no answer ({why}) after {elapsed_ms:.0f} ms",
-            evidence={"url": shown, "error": why, "elapsed_ms": elapsed_ms, "expect_status": expect_status},
+            summary=f"GET {shown}: no answer ({answer.error}) after {answer.elapsed_ms:.0f} ms",
+            evidence={"url": shown, "error": answer.error, "elapsed_ms": answer.elapsed_ms,
+                      "expect_status": expect_status},
         )
-    latency_ms = round((time.monotonic() - started) * 1000, 1)
-    body = _body_excerpt(raw, content_type)
+    status, latency_ms = answer.status, answer.elapsed_ms
+    body = _body_excerpt(answer.body, answer.content_type)
     evidence: dict[str, Any] = {
         "url": shown,
         "status": status,
         "expect_status": expect_status,
         "latency_ms": latency_ms,
-        "content_type": content_type,
+        "content_type": answer.content_type,
         "body": body,
     }
     if status == expect_status:

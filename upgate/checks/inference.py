@@ -18,8 +18,6 @@ import logging
 import math
 import re
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from upgate.checks import http
 from upgate.checks.model_compat import SafetensorsFile as SafetensorsFile  # re-exported; home: model_compat
 from upgate.checks.model_compat import read_safetensors
 from upgate.checks.result import CheckResult
@@ -540,17 +539,14 @@ def check_latency(baseline: list[float], current: list[float], max_ratio: float 
 
 
 def _post_json(url: str, payload: dict[str, Any], timeout_s: float) -> tuple[int, Any]:
-    data = json.dumps(payload).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}, method="POST")
+    """(status, JSON body or the text's start); OSError naming what went wrong when nothing answered."""
+    answer = http.post_json(url, payload, timeout_s)
+    if not answer.answered:
+        raise OSError(f"POST {answer.url}: no answer ({answer.error})")
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        body = exc.read()
-        try:
-            return exc.code, json.loads(body or b"null")
-        except ValueError:
-            return exc.code, body.decode(errors="replace")[:200]
+        return int(answer.status or 0), answer.json()
+    except ValueError:
+        return int(answer.status or 0), answer.text[:200]
 
 
 def generated_text(body: Any) -> str | None:
@@ -588,17 +584,15 @@ def check_endpoint(base_url: str, prompt: str, health_path: str = "/health", gen
     health = base_url.rstrip("/") + health_path
     shown = redact(base_url)
     evidence: dict[str, Any] = {"endpoint": shown}
-    try:
-        with urllib.request.urlopen(health, timeout=timeout_s) as resp:
-            evidence["health_status"] = resp.status
-    except urllib.error.HTTPError as exc:
-        return CheckResult(False, f"{name}: {redact(health)} answered {exc.code}", evidence)
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return CheckResult(False, f"{name}: endpoint {redact(health)} unreachable: {redact(str(reason))}", evidence)
+    answer = http.get(health, timeout_s)
+    if not answer.answered:
+        return CheckResult(False, f"{name}: endpoint {redact(health)} unreachable: {answer.error}", evidence)
+    evidence["health_status"] = answer.status
+    if not 200 <= (answer.status or 0) < 300:
+        return CheckResult(False, f"{name}: {redact(health)} answered {answer.status}", evidence)
     try:
         texts, latencies = generate_over_http(base_url, [prompt], generate_path, max_new_tokens, timeout_s)
-    except (ValueError, urllib.error.URLError, OSError) as exc:
+    except (ValueError, OSError) as exc:
         return CheckResult(False, f"{name}: /generate round trip failed: {redact(str(exc))}", evidence)
     evidence.update(prompt=prompt, text=texts[0], latency_s=latencies[0])
     if not texts[0].strip():

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
+from upgate.checks import http
 from upgate.checks.result import CheckResult
 from upgate.checks.secrets import redact
 
@@ -164,15 +163,8 @@ def check_metrics(url: str, required: Sequence[str] = (), timeout_s: float = 2.0
 
 def _get(url: str, timeout_s: float) -> tuple[int | None, str, str | None]:
     """(status, body, error): an HTTP error status is an answer, a refused connection is an error."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(urllib.request.Request(url, headers={"User-Agent": "upgate"}), timeout=timeout_s) as resp:
-            return resp.status, resp.read().decode("utf-8", errors="replace"), None
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode("utf-8", errors="replace"), None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        return None, "", redact(str(reason) or type(reason).__name__)
+    answer = http.get(url, timeout_s)
+    return answer.status, answer.text, answer.error
 
 
 def _excerpt(body: str) -> str:

@@ -17,8 +17,6 @@ import json
 import shutil
 import statistics
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from upgate.checks import http
 from upgate.checks.result import CheckResult
 from upgate.checks.secrets import redact
 
@@ -199,22 +198,14 @@ def check_database_latency(url: str, samples: int = 5, max_ms: float = 250.0, ti
 def check_http_latency(url: str, samples: int = 5, max_ms: float = 1000.0, timeout_s: float = 2.0) -> CheckResult:
     """Median and worst of `samples` GETs of `url` (each a new connection, as a client would see)."""
     shown = redact(url)
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     rtts = []
     statuses = []
     for _ in range(samples):
-        t0 = time.monotonic()
-        try:
-            with opener.open(url, timeout=timeout_s) as resp:
-                resp.read()
-                statuses.append(resp.status)
-        except urllib.error.HTTPError as exc:
-            statuses.append(exc.code)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-            return CheckResult(False, f"GET {shown}: no answer ({redact(str(reason))})", {"url": shown,
-                                                                                       "error": redact(str(reason))})
-        rtts.append((time.monotonic() - t0) * 1000)
+        answer = http.get(url, timeout_s)
+        if not answer.answered:
+            return CheckResult(False, f"GET {shown}: no answer ({answer.error})", {"url": shown, "error": answer.error})
+        statuses.append(answer.status)
+        rtts.append(answer.elapsed_ms)
     return _latency_result(f"GET {shown}", rtts, max_ms, {"url": shown, "statuses": statuses})
 
 

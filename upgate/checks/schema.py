@@ -12,7 +12,6 @@ upgate/checks/rehearsal.py and uses the snapshots and the clone helpers here.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import tempfile
@@ -24,9 +23,9 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
-from upgate.checks.secrets import redact
+from upgate.checks.secrets import libpq_credentials, redact
 
 Column = dict[str, Any]  # {"type": "character varying(64)", "nullable": True, "default": None}
 
@@ -467,20 +466,14 @@ def same_server(url: str, dbname: str) -> str:
     return make_conninfo(url, dbname=dbname)
 
 
-def libpq_target(conninfo: str) -> tuple[str, dict[str, str]]:
-    """(`--dbname` value without the password, environment carrying it): passwords never reach argv."""
-    params = conninfo_to_dict(conninfo)
-    password = params.pop("password", None)
-    return make_conninfo("", **params), ({"PGPASSWORD": str(password)} if password else {})
-
-
 def _run_tool(argv: list[str], conninfo: str, tool: str) -> None:
     """Run a libpq tool against `conninfo`, keeping the password out of the process list."""
-    dsn, extra = libpq_target(conninfo)
-    env = {**os.environ, **extra}
-    argv = [*argv, "--dbname", dsn]
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=_PG_TOOL_TIMEOUT_S)
+        with libpq_credentials(conninfo) as (dsn, env):
+            argv = [*argv, "--dbname", dsn]
+            done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=_PG_TOOL_TIMEOUT_S)
+    except ValueError as exc:
+        raise DryRunError(f"{tool}: {exc}") from None
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise DryRunError(f"{tool} ({argv[0]}) could not run for the rehearsal: {exc}") from exc
     if done.returncode != 0:

@@ -4,8 +4,8 @@
     >>> outcome.verdict, outcome.exit_code
     (<Verdict.UPGRADED: 'UPGRADED'>, 0)
 
-lock -> pre-gates -> the plan of every step, printed -> steps in order (backup, migrate, model,
-deploy) -> post-gates -> UPGRADED; on a failure after anything was touched: the rollback ladder
+lock -> pre-gates -> the plan of every step, printed -> steps in order (backup, packages, config,
+migrate, model, deploy) -> post-gates -> UPGRADED; on a failure after anything was touched: the rollback ladder
 (upgate/core/ladder.py), then its proof (the post gates against the baseline).
 """
 
@@ -311,6 +311,8 @@ class Pipeline:
             model_upgrade=model.summary() if model else None,
             gated=cfg.gated_components(), models=[m.name for m in cfg.models],
             deploy=next((s.summary() for s in done if isinstance(s, DeployStep)), None),
+            packages=by_name["packages"].summary() if "packages" in by_name else None,
+            config_files=by_name["config"].summary() if "config" in by_name else None,
         )
         self.run.write_json("summary.json", json.loads(redact(json.dumps(summary.to_json(), default=str))))
         return summary

@@ -199,6 +199,8 @@ class RunSummary:
     restore: dict[str, Any] | None = None
     model_upgrade: dict[str, Any] | None = None
     deploy: dict[str, Any] | None = None
+    packages: dict[str, Any] | None = None
+    config_files: dict[str, Any] | None = None
     gated: dict[str, bool] = field(default_factory=dict)
     models: list[str] = field(default_factory=list)
 

@@ -1,10 +1,12 @@
-"""Every upgrade kind is one Step (base.py): backup, migrate (sql, command, alembic), model, deploy.
+"""Every upgrade kind is one Step (base.py): backup, packages, config, migrate (sql, command, alembic), model,
+deploy.
 
     >>> steps = build_steps(config)                        # in the order the pipeline runs them  # doctest: +SKIP
     >>> done = steps_from_journal(config, records, ctx)    # what a run's journal says it did (`upgate rollback`)
 
 Adding a kind: a Step subclass in its own module here, a line in `build_steps` (where it runs) and in
-`journal_kinds` (so `upgate rollback` can rebuild it), and its config section in upgate/config.py.
+`journal_kinds` (so `upgate rollback` can rebuild it), and its config section in upgate/config.py
+(docs/steps.md walks through it).
 """
 
 from __future__ import annotations
@@ -12,18 +14,26 @@ from __future__ import annotations
 from upgate.config import Config
 from upgate.steps.backup import BackupStep
 from upgate.steps.base import DatabaseStep, DeployStep, Record, RestorePoint, Step, StepContext, StepPlan
+from upgate.steps.config import ConfigStep
 from upgate.steps.deploy import CommandDeploy, ProcessDeploy, deploy_step
 from upgate.steps.migrate import MigrateStep, migrator_for
+from upgate.steps.packages import PackagesStep
 
 __all__ = ["DatabaseStep", "DeployStep", "RestorePoint", "Step", "StepContext", "StepPlan", "build_steps",
            "steps_from_journal"]
 
 
 def build_steps(config: Config) -> list[Step]:
-    """The steps `config` asks for, in the order they run: backup, migrate, model, deploy."""
+    """The steps `config` asks for, in the order they run: backup, packages, config, migrate, model, deploy.
+
+    Packages and config files come before the migration: the new version's migration tool may need them."""
     steps: list[Step] = []
     if config.database.url:
         steps.append(BackupStep(config))
+    if config.packages:
+        steps.append(PackagesStep(config))
+    if config.config_files:
+        steps.append(ConfigStep(config))
     if config.migrate:
         steps.append(MigrateStep(config, migrator_for(config)))
     if config.model_upgrade:
@@ -37,7 +47,7 @@ def build_steps(config: Config) -> list[Step]:
 
 def journal_kinds(config: Config) -> list[type[Step]]:
     """The step classes `upgate rollback` asks to rebuild themselves from a journal, in run order."""
-    kinds: list[type[Step]] = [BackupStep, MigrateStep]
+    kinds: list[type[Step]] = [BackupStep, PackagesStep, ConfigStep, MigrateStep]
     if config.model_upgrade:
         from upgate.steps.model import ModelStep
 

@@ -21,11 +21,12 @@ constraint that a new table's foreign key depends on, and leaves every new table
 When the role cannot create databases (or cannot rename the live one), the fallback runs in one
 transaction in the live database: drop every non-system schema with CASCADE (whatever the migration
 created goes with it: tables, foreign keys into old tables, types, sequences, extensions), create
-`public` again as it was, and replay the backup. Passwords reach the tools through PGPASSWORD.
+`public` again as it was, and replay the backup. Passwords reach the tools through a private passfile (PGPASSFILE), never argv.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -41,8 +42,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from upgate.checks.schema import SchemaSnapshot, diff_schemas, libpq_target, snapshot_schema
-from upgate.checks.secrets import redact
+from upgate.checks.schema import SchemaSnapshot, diff_schemas, snapshot_schema
+from upgate.checks.secrets import libpq_credentials, redact
 from upgate.config import Config
 from upgate.errors import StepFailed
 from upgate.steps.base import Record, RestorePoint, StepContext, StepPlan, records_for
@@ -74,14 +75,16 @@ class Backup:
 
 def run_tool(argv: list[str], what: str, conninfo: str | None = None,
              timeout_s: float | None = _TOOL_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-    """Run a libpq tool; with `conninfo`, `--dbname` gets it without its password (PGPASSWORD has that)."""
-    env = dict(os.environ)
-    if conninfo is not None:
-        dsn, extra = libpq_target(conninfo)
-        env.update(extra)
-        argv = [*argv, "--dbname", dsn]
+    """Run a libpq tool; with `conninfo`, `--dbname` gets it without its password (a private passfile has that)."""
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, env=env)
+        with contextlib.ExitStack() as stack:
+            env = dict(os.environ)
+            if conninfo is not None:
+                dsn, env = stack.enter_context(libpq_credentials(conninfo))
+                argv = [*argv, "--dbname", dsn]
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except ValueError as exc:
+        raise StepFailed(f"{what}: {exc}") from None
     except FileNotFoundError:
         raise StepFailed(f"{what}: {argv[0]} not found (set [database] bin_dir)") from None
     except subprocess.TimeoutExpired:

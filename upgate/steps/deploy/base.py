@@ -18,7 +18,6 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 from urllib.parse import urlsplit
@@ -26,23 +25,10 @@ from urllib.parse import urlsplit
 import psutil
 
 from upgate.checks.health import probe_http
+from upgate.checks.processes import Listener, listeners
 from upgate.config import AppConfig, DeployConfig
 from upgate.errors import StepFailed
 from upgate.steps.base import DeployStep
-
-
-@dataclass(frozen=True)
-class Listener:
-    """A socket listening on the app's port; pid None when the kernel does not say whose it is."""
-
-    pid: int | None
-    started: float | None  # the process's create_time (tells a reused pid from the same process)
-    address: str
-
-    def describe(self) -> str:
-        if self.pid is None:
-            return f"{self.address} (owner not readable)"
-        return f"{self.address} (pid {self.pid}: {_cmdline(self.pid)})"
 
 
 def app_port(app: AppConfig | None, deploy: DeployConfig) -> int | None:
@@ -55,31 +41,6 @@ def app_port(app: AppConfig | None, deploy: DeployConfig) -> int | None:
     return parts.port or (443 if parts.scheme == "https" else 80)
 
 
-def listeners(port: int) -> list[Listener]:
-    """Every TCP socket in LISTEN state on `port`, with its owner when readable."""
-    found = []
-    for conn in psutil.net_connections(kind="tcp"):
-        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
-            found.append(Listener(conn.pid, _create_time(conn.pid), f"{conn.laddr.ip}:{conn.laddr.port}"))
-    return found
-
-
-def _create_time(pid: int | None) -> float | None:
-    if pid is None:
-        return None
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return " ".join(psutil.Process(pid).cmdline())[:160] or "?"
-    except psutil.Error:
-        return "gone"
-
-
 def alive(pid: int, started: float | None = None) -> bool:
     """True while `pid` runs (a zombie is gone) and, given `started`, is still that same process."""
     try:
@@ -89,17 +50,6 @@ def alive(pid: int, started: float | None = None) -> bool:
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
-
-
-def tree_pids(pid: int | None) -> set[int]:
-    """`pid` and every descendant of it (empty when it is gone)."""
-    if pid is None:
-        return set()
-    try:
-        proc = psutil.Process(pid)
-        return {pid} | {c.pid for c in proc.children(recursive=True)}
-    except psutil.Error:
-        return set()
 
 
 def stop_tree(pid: int, timeout_s: float = 10.0, say: Callable[[str], None] | None = None) -> dict[str, object]:

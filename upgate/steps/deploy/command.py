@@ -18,21 +18,18 @@ import os
 import subprocess
 from typing import ClassVar
 
+from upgate.checks.processes import Listener, listeners, read_pid, tree_pids
 from upgate.checks.secrets import redact
 from upgate.config import Config
 from upgate.errors import StepFailed
 from upgate.steps.base import Record, StepContext, StepPlan, records_for, started
 from upgate.steps.deploy.base import (
     Deployer,
-    Listener,
     ReadyWait,
     alive,
-    listeners,
     stop_tree,
-    tree_pids,
     wait_port_free,
 )
-from upgate.steps.deploy.process import read_pid
 
 
 class CommandDeploy(Deployer):

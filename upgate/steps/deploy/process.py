@@ -8,7 +8,9 @@
 
 Stopping takes the leader in the pidfile *and* every descendant (forked workers) and, when the leader
 leads its own process group, the group; then it waits until nothing listens on the app's port. A
-listener that outlives the tree is a leftover (a worker that escaped) and fails the step by name.
+listener outside the tree is caught twice: before anything is touched by the pre-gate
+(gates/pre/test_deploy.py: BLOCKED, naming its pid and command line), and, should one escape during
+the stop, by the port that stays held, which fails the step by name.
 The started process outlives upgate (its own session); its output goes to the run's logs folder.
 """
 
@@ -19,6 +21,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from upgate.checks.processes import read_pid, tree_pids
 from upgate.checks.secrets import redact
 from upgate.config import AppConfig, Config, DeployConfig
 from upgate.errors import StepFailed
@@ -29,7 +32,6 @@ from upgate.steps.deploy.base import (
     alive,
     log_tail,
     stop_tree,
-    tree_pids,
     wait_port_free,
 )
 
@@ -42,13 +44,6 @@ def pid_alive(pid: int) -> bool:
 def stop_pid(pid: int, timeout: float = 10.0) -> bool:
     """Stop pid and its whole tree (SIGTERM, then SIGKILL after `timeout`); True if nothing needed SIGKILL."""
     return not stop_tree(pid, timeout)["killed"]
-
-
-def read_pid(pidfile: Path) -> int | None:
-    try:
-        return int(pidfile.read_text().strip())
-    except (OSError, ValueError):
-        return None
 
 
 class ProcessDeploy(Deployer):

@@ -73,7 +73,8 @@ class PhaseResult:
         if self.exit_status == 5:
             return "no gate collected (an empty phase never passes)"
         if self.exit_status in (2, 3, 4):
-            return f"pytest could not run the gates (exit {self.exit_status}); see the log"
+            notes = "".join(f"; {note}" for note in self.notes)
+            return f"pytest could not run the gates (exit {self.exit_status}){notes}; see the log"
         if self.exit_status != 0 and not self.counts:
             why = "; ".join(self.notes) or f"exit {self.exit_status}"
             return f"the gate process reported nothing ({why})"

@@ -74,7 +74,3 @@ class SignalGuard:
             yield
         finally:
             self._shielded -= 1
-
-    def ignored_since(self, count: int) -> list[str]:
-        """The signals received after the first `count` ones."""
-        return self.received[count:]

@@ -52,6 +52,9 @@ from upgate.steps import Step, StepContext, build_steps
 from upgate.steps.backup import BackupStep
 from upgate.steps.base import DeployStep
 
+#: MiB held back in the run folder from the first change on, and given to the rollback when it starts.
+RESERVE_MB = 16
+
 
 @dataclass
 class RunOptions:
@@ -211,6 +214,7 @@ class Pipeline:
             return verdict, reason
 
     def _rollback(self, reason: str, steps: list[Step]) -> tuple[Verdict, str]:
+        self._release_reserve()
         t0 = time.monotonic()
         record = self.rollback_record
         record.triggered, record.reason = True, reason
@@ -273,6 +277,7 @@ class Pipeline:
                 self.write_problems.append(f"downtime prober: {exc}")
         if self.gate_worker is not None:
             self.gate_worker.close()
+        self._release_reserve()
         summary = self._summary(verdict, reason)
         self.journal.write("run", "end", command=self.command, verdict=verdict.value, exit_code=exit_code(verdict),
                            reason=reason)
@@ -313,6 +318,27 @@ class Pipeline:
             raise StepFailed(f"{free / 2**20:.0f} MiB free where the run folder {self.run.path} lives, under the "
                              f"{need_mb} MiB a run needs for its journal, gate logs and records while the target is "
                              "changed ([reporting] min_free_mb): free some space")
+        # Ballast: room held back for the rollback, given back the moment it starts (should the disk fill
+        # up meanwhile, the ladder's journal and its proof still find space).
+        try:
+            with self._reserve.open("wb") as ballast:
+                for _ in range(RESERVE_MB):
+                    ballast.write(b"\0" * 2**20)
+                os.fsync(ballast.fileno())
+        except OSError as exc:
+            self._release_reserve()
+            raise StepFailed(f"cannot set {RESERVE_MB} MiB aside in {self.run.path} for a rollback: "
+                             f"{_strerror(exc)}") from None
+
+    @property
+    def _reserve(self) -> Path:
+        return self.run.path / ".rollback-reserve"
+
+    def _release_reserve(self) -> None:
+        try:
+            self._reserve.unlink(missing_ok=True)
+        except OSError:
+            pass
 
     def _locked(self) -> tuple[Verdict, str]:
         cfg = self.config

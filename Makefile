@@ -5,14 +5,17 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SCENARIO ?= good
 ROWS   ?= 100000
+# pytest-xdist workers for `make test` (auto: one per core).
+JOBS   ?= auto
 
-.PHONY: help venv demo demo-all test lint typecheck unit integration e2e bench clean report-tools
+.PHONY: help venv demo demo-all test test-slow lint typecheck unit integration e2e bench clean report-tools
 
 help:
 	@echo "make demo      a real gated upgrade of the reference service (SCENARIO=good|destructive|broken-deploy|blocked|"
 	@echo "               slow|contract-break|locking|model-good|model-regression)"
 	@echo "make demo-all  every demo scenario, one after the other"
-	@echo "make test      lint, type check, and upgate's own tests (unit, integration on real PostgreSQL, e2e)"
+	@echo "make test      lint, type check, and upgate's own tests (unit, integration on real PostgreSQL, e2e), on every core"
+	@echo "make test-slow the exhaustive fault sweeps left out of make test (every journal point)"
 	@echo "make bench     benchmarks (bench/): integrity fingerprints against the floor and bytes per row; downtime error; perf A/A and detection; restore of ~1 GB against bare pg_restore"
 
 $(STAMP): pyproject.toml
@@ -36,7 +39,11 @@ typecheck: $(STAMP)
 	$(BIN)/mypy upgate
 
 test: lint typecheck report-tools
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q -n $(JOBS) -m "not slow"
+
+# The long tail of the exhaustive sweeps (SIGTERM and kill -9 at every journal point).
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest tests -q -n $(JOBS) -m slow
 
 bench: $(STAMP)
 	$(BIN)/python bench/integrity.py

@@ -147,6 +147,8 @@ class BackupConfig(Section):
     directory: Path | None = None
     compression: int = Field(default=1, ge=0, le=9)
     verify: Literal["full", "list", "none"] = "full"
+    # pg_dump -j / pg_restore -j workers (and checksum threads); 0: one per core.
+    jobs: int = Field(default=0, ge=0)
 
 
 class ThresholdsConfig(Section):

@@ -208,4 +208,4 @@ def test_the_password_reaches_the_tools_through_the_environment_never_argv(app_d
     dump = [line for line in lines if line.startswith("pg_dump")][0]
     assert dump.endswith("PGPASSWORD=s3cret") and "s3cret" not in dump.removesuffix("PGPASSWORD=s3cret")
     assert os.environ.get("PGPASSWORD") != "s3cret"
-    assert Path(tmp_path / "b" / "database.dump").exists()
+    assert Path(tmp_path / "b" / "database.dir" / "toc.dat").exists()

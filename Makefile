@@ -16,7 +16,8 @@ help:
 	@echo "make demo-all  every demo scenario, one after the other"
 	@echo "make test      lint, type check, and upgate's own tests (unit, integration on real PostgreSQL, e2e), on every core"
 	@echo "make test-slow the exhaustive fault sweeps left out of make test (every journal point)"
-	@echo "make bench     benchmarks (bench/): integrity fingerprints against the floor and bytes per row; downtime error; perf A/A and detection; restore of ~1 GB against bare pg_restore"
+	@echo "make bench     benchmarks (bench/): integrity fingerprints against the floor and bytes per row; downtime error; perf A/A and detection; restore of ~1 GB against bare pg_restore;"
+	@echo "              backup step against a bare dump + full read, restore s/GB; time to verdict of the good plan"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +52,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/perf.py
 	$(BIN)/python bench/restore.py
+	$(BIN)/python bench/backup.py
+	$(BIN)/python bench/verdict.py
 
 # Best effort, never fatal: the allure npm package (Allure 3) into .tools/allure for `upgate report`'s HTML,
 # and Debian's chromium for the test that renders it (skipped with the reason when either is absent).

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -41,6 +42,7 @@ class Journal:
         #: Called once per write error, with the error (the pipeline prints it).
         self.on_error: Callable[[OSError], None] | None = None
         self._checked_tail = False
+        self._lock = threading.Lock()  # the backup may journal from its thread while the pre-gates run
 
     @property
     def healthy(self) -> bool:
@@ -50,17 +52,19 @@ class Journal:
     def write(self, step: str, event: str, **detail: Any) -> None:
         record = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "step": step, "event": event}
         record.update(detail)
-        self.unwritten.append(redact(json.dumps(record, default=str)) + "\n")
-        try:
-            self._flush()
-        except OSError as exc:
-            first = self.error is None
-            self.error = exc
-            if first and self.on_error is not None:
-                with contextlib.suppress(Exception):
-                    self.on_error(exc)
-        else:
-            self.error = None
+        line = redact(json.dumps(record, default=str)) + "\n"
+        with self._lock:
+            self.unwritten.append(line)
+            try:
+                self._flush()
+            except OSError as exc:
+                first = self.error is None
+                self.error = exc
+                if first and self.on_error is not None:
+                    with contextlib.suppress(Exception):
+                        self.on_error(exc)
+            else:
+                self.error = None
         for observe in self.observers:
             try:
                 observe(record)

@@ -18,6 +18,7 @@ import os
 import shutil
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -412,28 +413,52 @@ class Pipeline:
         return running[-1] if running else (self.records[-1].name if self.records else "the run")
 
     def _before_touching(self) -> tuple[Verdict, str] | None:
-        """Pre-gates, the plan, the backup and every step's preparation; BLOCKED (nothing touched) on failure."""
-        pre = self._gates("pre")
-        if not pre.passed:
-            first = pre.failures[0]["message"] if pre.failures else pre.describe()
-            return Verdict.BLOCKED, f"pre-gates failed ({pre.describe()}): {first}; nothing was touched"
+        """Pre-gates, the plan, the backup and every step's preparation; BLOCKED (nothing touched) on failure.
+
+        The backup only reads, so it starts with the pre-gates (on the other core) and is discarded
+        when they fail.
+        """
         try:
             self.steps = build_steps(self.config)
         except StepFailed as exc:
             return Verdict.BLOCKED, f"the plan cannot be built, nothing was touched: {redact(str(exc))}"
+        early = [_Early(self, step) for step in self.steps if isinstance(step, BackupStep)]
+        for job in early:
+            self.done.append(job.step)
+            job.start()
+        try:
+            return self._after_pre_gates(early)
+        finally:
+            for job in early:
+                job.stop()
+
+    def _after_pre_gates(self, early: list[_Early]) -> tuple[Verdict, str] | None:
+        pre = self._gates("pre")
+        if not pre.passed:
+            for job in early:
+                job.discard()
+            first = pre.failures[0]["message"] if pre.failures else pre.describe()
+            return Verdict.BLOCKED, f"pre-gates failed ({pre.describe()}): {first}; nothing was touched"
         self._show_plan()
-        # Before anything changes: the steps that touch nothing live (the backup), and every step's
-        # preparation (copies, checks). A failure here blocks with nothing touched.
+        # Before anything changes: the steps that touch nothing live (the backup, already under way),
+        # and every step's preparation (copies, checks). A failure here blocks with nothing touched.
+        started = {job.step: job for job in early}
+        current = "backup"
         try:
             for step in self.steps:
                 if not step.mutates:
-                    self.done.append(step)
-                    self._timed(step.name, partial(step.do, self.ctx))
+                    current = step.name
+                    if step in started:
+                        started[step].result()
+                    else:
+                        self.done.append(step)
+                        self._timed(step.name, partial(step.do, self.ctx))
             for step in self.steps:
                 if type(step).prepare is not Step.prepare:
-                    self._timed(f"{step.name} backup", partial(step.prepare, self.ctx))
+                    current = f"{step.name} backup"
+                    self._timed(current, partial(step.prepare, self.ctx))
         except Exception as exc:
-            return Verdict.BLOCKED, f"{self.records[-1].name} failed, nothing was touched: {redact(str(exc))}"
+            return Verdict.BLOCKED, f"{current} failed, nothing was touched: {redact(str(exc))}"
         try:
             self._check_room()
         except StepFailed as exc:
@@ -480,6 +505,43 @@ class Pipeline:
             self.run.write_json(name, data)
         except OSError as exc:
             self.write_problems.append(f"{self.run.path / name} ({_strerror(exc)})")
+
+
+class _Early:
+    """A step that only reads (the backup), run in a thread while the pre-gates run."""
+
+    def __init__(self, pipeline: Pipeline, step: BackupStep) -> None:
+        self.pipeline = pipeline
+        self.step = step
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"upgate-{step.name}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.pipeline._timed(self.step.name, partial(self.step.do, self.pipeline.ctx))
+        except BaseException as exc:
+            self.error = exc
+
+    def result(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        """Cancel it if it still runs (the pre-gates failed, or a signal came) and wait for the thread."""
+        if self.thread.is_alive():
+            self.step.cancel()
+            self.thread.join()
+
+    def discard(self) -> None:
+        """The pre-gates failed: no backup of a target that will not be touched is kept."""
+        self.stop()
+        if self.step.backup is not None:
+            shutil.rmtree(self.step.backup.path, ignore_errors=True)
+            self.pipeline.journal.write(self.step.name, "discarded", reason="the pre-gates failed")
 
 
 def _restore_summary(backup: Step | None) -> dict[str, Any] | None:

@@ -29,12 +29,15 @@ created goes with it: tables, foreign keys into old tables, types, sequences, ex
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -79,11 +82,13 @@ class Backup:
 
 def run_tool(argv: list[str], what: str, conninfo: str | None = None,
              timeout_s: float | None = _TOOL_TIMEOUT_S,
-             settings: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+             settings: dict[str, str] | None = None,
+             track: Callable[[subprocess.Popen[str] | None], None] | None = None) -> subprocess.CompletedProcess[str]:
     """Run a libpq tool; with `conninfo`, `--dbname` gets it without its password (PGPASSWORD has that).
 
     `settings` are server settings for the tool's sessions (PGOPTIONS). The tool runs in a process
     group of its own: a Ctrl-C meant for upgate (which then rolls back) never kills a restore.
+    `track(proc)` is told of the running tool (and of None when it ended), so that it can be cancelled.
     """
     env = dict(os.environ)
     if settings:
@@ -94,14 +99,26 @@ def run_tool(argv: list[str], what: str, conninfo: str | None = None,
         env.update(extra)
         argv = [*argv, "--dbname", dsn]
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, env=env, process_group=0)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                text=True, env=env, process_group=0)
     except FileNotFoundError:
         raise StepFailed(f"{what}: {argv[0]} not found (set [database] bin_dir)") from None
+    if track is not None:
+        track(proc)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         raise StepFailed(f"{what}: timed out after {timeout_s} s") from None
+    finally:
+        if proc.poll() is None:  # timed out or interrupted: the tool and its workers (pg_dump -j) go
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if track is not None:
+            track(None)
     if proc.returncode != 0:
-        raise StepFailed(f"{what} failed (exit {proc.returncode}): {redact(proc.stderr.strip())[-800:]}")
-    return proc
+        raise StepFailed(f"{what} failed (exit {proc.returncode}): {redact(stderr.strip())[-800:]}")
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
 
 def sha256_of(path: Path) -> str:
@@ -130,17 +147,19 @@ def checksum_of(path: Path, jobs: int = 2) -> str:
     return sha256_of(path)
 
 
-def verify_backup(path: Path, pg_restore: str, level: str = "full") -> float:
+def verify_backup(path: Path, pg_restore: str, level: str = "full",
+                  track: Callable[[subprocess.Popen[str] | None], None] | None = None) -> float:
     started = time.monotonic()
     if level == "full":
-        run_tool([pg_restore, "--file", "/dev/null", str(path)], f"verifying backup {path}")
+        run_tool([pg_restore, "--file", "/dev/null", str(path)], f"verifying backup {path}", track=track)
     elif level == "list":
-        run_tool([pg_restore, "--list", str(path)], f"listing backup {path}")
+        run_tool([pg_restore, "--list", str(path)], f"listing backup {path}", track=track)
     return time.monotonic() - started
 
 
 def take_backup(url: str, folder: Path, pg_dump: str, pg_restore: str, compression: int = 1,
-                verify: str = "full", jobs: int | None = None) -> Backup:
+                verify: str = "full", jobs: int | None = None,
+                track: Callable[[subprocess.Popen[str] | None], None] | None = None) -> Backup:
     """Dump with `jobs` parallel workers, then verify (full read) and checksum at the same time."""
     jobs = max(1, jobs or os.cpu_count() or 1)
     folder.mkdir(parents=True, exist_ok=True)
@@ -149,11 +168,11 @@ def take_backup(url: str, folder: Path, pg_dump: str, pg_restore: str, compressi
         shutil.rmtree(target)
     started = time.monotonic()
     run_tool([pg_dump, "--format=directory", f"--jobs={jobs}", f"--compress={compression}", "--no-owner",
-              "--file", str(target)], "pg_dump", conninfo=url)
+              "--file", str(target)], "pg_dump", conninfo=url, track=track)
     dump_s = time.monotonic() - started
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=2) as pool:
-        verifying = pool.submit(verify_backup, target, pg_restore, verify)
+        verifying = pool.submit(verify_backup, target, pg_restore, verify, track)
         manifest = manifest_of(target, jobs)
         verifying.result()
     (target / MANIFEST).write_text(manifest, encoding="utf-8")
@@ -478,6 +497,21 @@ class BackupStep(RestorePoint):
         #: The last restore record of the journal (event and database names), while a restore is unfinished.
         self.restore_state = restore_state
         self.outcome: RestoreOutcome | None = None
+        self._running: subprocess.Popen[str] | None = None
+        self._cancelled = threading.Event()
+
+    def _track(self, proc: subprocess.Popen[str] | None) -> None:
+        self._running = proc
+        if proc is not None and self._cancelled.is_set():
+            self.cancel()
+
+    def cancel(self) -> None:
+        """Stop a backup running in another thread (the pre-gates failed): its tools are killed."""
+        self._cancelled.set()
+        proc = self._running
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
     def _tool(self, name: str) -> str:
         from upgate.embedded.postgres import find_pg_tool
@@ -505,7 +539,10 @@ class BackupStep(RestorePoint):
         cfg = self.config.backup
         ctx.say("backup", f"pg_dump -Fd -j{self._jobs()} -Z{cfg.compression} of {redact(self.url)}")
         self.backup = take_backup(self.url, self._folder(ctx), self._tool("pg_dump"), self._tool("pg_restore"),
-                                  compression=cfg.compression, verify=cfg.verify, jobs=self._jobs())
+                                  compression=cfg.compression, verify=cfg.verify, jobs=self._jobs(),
+                                  track=self._track)
+        if self._cancelled.is_set():
+            raise StepFailed("backup cancelled")
         ctx.journal.write(self.name, "verified", backup=self.backup.to_json())
         b = self.backup
         ctx.say("backup", f"{b.size_bytes / 2**20:.1f} MiB in {b.dump_s:.1f} s, verified ({b.verified} read) "

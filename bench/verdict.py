@@ -4,7 +4,7 @@
 
 For each size: a reference target (embedded PostgreSQL, `episodic_logs` seeded, service v1) is started
 once; each round is `upgate run` in its own process, timed from its start to its exit (UPGRADED
-expected), then `upgate rollback` (not timed) puts v1 back for the next round. The per-phase split
+expected; when its VERDICT line appeared is printed too: the report is written after it), then `upgate rollback` (not timed) puts v1 back for the next round. The per-phase split
 (pre-gates, backup, migrate, deploy, post-gates) comes from each run's summary.json. Printed, never
 asserted; the last lines:
 
@@ -34,6 +34,22 @@ def upgate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=900)
 
 
+def timed_run(config: Path, reports: Path, cwd: Path) -> tuple[subprocess.CompletedProcess[str], float]:
+    """`upgate run`, and when its VERDICT line appeared (the report is written after it)."""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "upgate.cli", "run", "--config", str(config), "--reports",
+                             str(reports)], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines, verdict_at = [], float("nan")
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("VERDICT:"):
+            verdict_at = time.monotonic() - started
+    code = proc.wait()
+    return subprocess.CompletedProcess(proc.args, code, "".join(lines), ""), verdict_at
+
+
 def label(rows: int) -> str:
     return f"{rows // 1_000_000}M" if rows >= 1_000_000 and rows % 1_000_000 == 0 else f"{rows // 1000}k"
 
@@ -55,7 +71,7 @@ def main() -> None:
                     times: list[float] = []
                     for round_ in range(args.rounds):
                         started = time.monotonic()
-                        proc = upgate("run", "--config", str(target.config), "--reports", str(reports), cwd=folder)
+                        proc, verdict_at = timed_run(target.config, reports, folder)
                         seconds = time.monotonic() - started
                         if proc.returncode != 0:
                             print(proc.stdout[-3000:] + proc.stderr[-3000:])
@@ -63,7 +79,8 @@ def main() -> None:
                         run = sorted((reports / "runs").iterdir())[-1]
                         summary = json.loads((run / "summary.json").read_text())
                         parts = ", ".join(f"{s['name']} {s['seconds']:.2f}" for s in summary["steps"])
-                        print(f"{label(rows)} round {round_ + 1}: {seconds:.2f} s ({parts})", flush=True)
+                        print(f"{label(rows)} round {round_ + 1}: {seconds:.2f} s to exit, VERDICT line at "
+                              f"{verdict_at:.2f} s ({parts})", flush=True)
                         times.append(seconds)
                         back = upgate("rollback", "--config", str(target.config), "--reports", str(reports),
                                       cwd=folder)

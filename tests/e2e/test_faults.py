@@ -283,3 +283,19 @@ def test_demo_stop_stops_postgres(tmp_path):
         if psutil.pid_exists(pid):
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_backup_beside_failing_pre_gates_is_discarded(pg_server, tmp_path):
+    target = start_target("blocked", pg_server, tmp_path, rows=ROWS)
+    reports = tmp_path / "reports"
+    try:
+        proc = upgate("run", "--config", str(target.config), "--reports", str(reports), cwd=tmp_path)
+        assert proc.returncode == 10, proc.stdout + proc.stderr
+        run = sorted((reports / "runs").iterdir())[-1]
+        assert not (run / "backup" / "database.dir").exists(), "a backup of a blocked run was kept"
+        records = [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()]
+        backup = [r["event"] for r in records if r["step"] == "backup"]
+        assert backup[0] == "start" and ("discarded" in backup or backup[-1] == "end"), backup
+        assert not any(r["step"] == "migrate" for r in records)
+    finally:
+        stop_target(target, pg_server)

@@ -328,7 +328,7 @@ def _warm(gates: Path) -> None:
 
         for path in sorted(gates.glob("*/test_*.py")) + sorted(gates.glob("conftest.py")):
             with contextlib.suppress(Exception):
-                import_path(path, mode=ImportMode.importlib, root=gates.parent, consider_namespace_packages=False)
+                import_path(path, mode=ImportMode.importlib, root=gates, consider_namespace_packages=False)
 
 
 def _serve(sock: socket.socket) -> None:

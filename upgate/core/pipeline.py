@@ -279,7 +279,17 @@ class Pipeline:
         if self.gate_worker is not None:
             self.gate_worker.close()
         self._release_reserve()
-        summary = self._summary(verdict, reason)
+        try:
+            summary = self._summary(verdict, reason)
+        except Exception as exc:
+            self.write_problems.append(f"summary ({type(exc).__name__}: {exc})")
+            summary = RunSummary(run_id=self.run.run_id, target=self.config.target.name,
+                                 from_version=self.config.target.from_version,
+                                 to_version=self.config.target.to_version, verdict=verdict.value,
+                                 exit_code=exit_code(verdict), reason=reason,
+                                 started_at=self.started_at.isoformat(timespec="seconds"),
+                                 seconds=round(time.monotonic() - self.started, 3), config=str(self.config.source),
+                                 config_sha256=None, steps=self.records, rollback=self.rollback_record)
         self.journal.write("run", "end", command=self.command, verdict=verdict.value, exit_code=exit_code(verdict),
                            reason=reason)
         if not self.journal.healthy:
@@ -382,10 +392,15 @@ class Pipeline:
             return Verdict.BLOCKED, f"{exc} before anything was touched; nothing was touched"
         if blocked is not None:
             return blocked
+        try:
+            self.start_prober()
+        except Interrupted as exc:
+            return Verdict.BLOCKED, f"{exc} before anything was touched; nothing was touched"
+        except Exception as exc:
+            return Verdict.BLOCKED, f"the downtime prober did not start ({exc}); nothing was touched"
         # From here on any failure, exception or signal rolls back what was touched.
         self.touching = True
         try:
-            self.start_prober()
             for step in self.steps:
                 if step.mutates:
                     self.done.append(step)
@@ -394,7 +409,10 @@ class Pipeline:
             return self.rollback(f"{exc} during {self._where()}", self.done)
         except Exception as exc:
             failed = self.records[-1].name if self.records else "the first step"
-            self._diagnose(failed)
+            try:
+                self._diagnose(failed)
+            except Interrupted:
+                pass  # the rollback comes next either way
             return self.rollback(f"{failed} failed: {redact(str(exc))}", self.done)
         try:
             post = self._gates("post")

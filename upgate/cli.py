@@ -203,9 +203,8 @@ def _rollback(args: argparse.Namespace) -> int:
     from upgate.core.runs import resolve_run
 
     config = load_config(args.config)
-    run = resolve_run(args.run, Path(args.reports))
-    writable_folder(run.path, "--run")
-    return rollback_run(config, run).exit_code
+    # No write check here: a full or read-only disk must not stop a rollback (its records are best-effort).
+    return rollback_run(config, resolve_run(args.run, Path(args.reports))).exit_code
 
 
 def _check_config(args: argparse.Namespace) -> int:

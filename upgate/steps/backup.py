@@ -199,9 +199,9 @@ class RestoreOutcome:
 
 Progress = Callable[[str, dict[str, Any]], None]
 
-#: Session settings of pg_restore into the fresh database: nobody else uses it until the swap, and a
-#: crash half-way is answered by restoring again, so commits need not wait for the WAL flush; index
-#: builds get memory to sort in.
+#: Session settings of pg_restore into the fresh database: nobody uses it until the swap, so its commits
+#: need not wait for the WAL flush (a crash before the swap is answered by restoring again, and the
+#: swap's own synchronous commit flushes the WAL past every one of them); index builds get memory.
 RESTORE_SETTINGS = {"synchronous_commit": "off", "maintenance_work_mem": "256MB"}
 
 

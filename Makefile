@@ -5,16 +5,20 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SCENARIO ?= good
 ROWS   ?= 100000
+# pytest-xdist workers for `make test` (auto: one per core).
+JOBS   ?= auto
 
-.PHONY: help venv demo demo-all test lint typecheck unit integration e2e bench clean report-tools
+.PHONY: help venv demo demo-all test test-slow lint typecheck unit integration e2e bench clean report-tools
 
 help:
 	@echo "make demo      a real gated upgrade: SCENARIO=good (default) or any of \`upgate demo --list\`:"
 	@if test -x $(BIN)/upgate; then $(BIN)/upgate demo --list | paste -sd ' ' | fold -s -w 92 | sed 's/^/                /'; \
 	else echo "                (run \`make venv\` first to list them)"; fi
 	@echo "make demo-all  every demo scenario (\`upgate demo --list\`), one after the other"
-	@echo "make test      lint, type check, and upgate's own tests (unit, integration on real PostgreSQL, e2e)"
-	@echo "make bench     benchmarks (bench/): integrity fingerprints against the floor and bytes per row; downtime error; perf A/A and detection; restore of ~1 GB against bare pg_restore"
+	@echo "make test      lint, type check, and upgate's own tests (unit, integration on real PostgreSQL, e2e), on every core"
+	@echo "make test-slow the exhaustive fault sweeps left out of make test (every journal point)"
+	@echo "make bench     benchmarks (bench/): integrity fingerprints against the floor and bytes per row; downtime error; perf A/A and detection; restore of ~1 GB against bare pg_restore;"
+	@echo "              backup step against a bare dump + full read, restore s/GB; time to verdict of the good plan"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +41,11 @@ typecheck: $(STAMP)
 	$(BIN)/mypy upgate
 
 test: lint typecheck report-tools
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q -n $(JOBS) -m "not slow"
+
+# The long tail of the exhaustive sweeps (SIGTERM and kill -9 at every journal point).
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest tests -q -n $(JOBS) -m slow
 
 bench: $(STAMP)
 	$(BIN)/python bench/integrity.py
@@ -45,6 +53,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/perf.py
 	$(BIN)/python bench/restore.py
+	$(BIN)/python bench/backup.py
+	$(BIN)/python bench/verdict.py
 
 # Best effort, never fatal: the allure npm package (Allure 3) into .tools/allure for `upgate report`'s HTML,
 # and Debian's chromium for the test that renders it (skipped with the reason when either is absent).

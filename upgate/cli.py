@@ -9,8 +9,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+import tempfile
 from pathlib import Path
+from typing import IO, Any
 
 from upgate.errors import EXIT_CODES, ConfigError, UpgateError, Verdict, exit_code
 
@@ -124,7 +128,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    _tolerate_closed_stdout()
     try:
+        if args.command in ("run", "demo") and not getattr(args, "stop", None):
+            writable_folder(Path(args.reports), "--reports")
         if args.command == "run":
             return _run(args)
         if args.command == "rollback":
@@ -149,8 +156,74 @@ def main(argv: list[str] | None = None) -> int:
     except UpgateError as exc:
         print(f"upgate: {exc}", file=sys.stderr)
         return exit_code(exc.verdict)
+    except OSError as exc:  # a path the user gave that cannot be used; the run itself never gets here
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"upgate: error:{where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_CODES[Verdict.USAGE_ERROR]
     parser.print_help()
     return EXIT_CODES[Verdict.USAGE_ERROR]
+
+
+def writable_folder(path: Path, option: str) -> Path:
+    """`path` as a folder upgate can write in (created if its parent exists); ConfigError says why not."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path}: is a file, not a folder")
+    parent = path.resolve().parent
+    if not path.exists():
+        if not parent.is_dir():
+            raise ConfigError(f"{option} {path}: its parent folder {parent} does not exist")
+        try:
+            path.mkdir()
+        except OSError as exc:
+            raise ConfigError(f"{option} {path}: cannot create it: {exc.strerror}") from None
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{option} {path}: cannot write there: {exc.strerror}") from None
+    return path
+
+
+class _ClosedStdoutTolerant:
+    """stdout that survives its reader going away (`upgate check-config | head`, a closed terminal).
+
+    The first failed write points the file descriptor at /dev/null, so nothing after it (nor Python's
+    own flush at exit) raises: a run keeps going, and rolls back if it must, with nobody reading.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError:
+            self._detach()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError:
+            self._detach()
+
+    def _detach(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _tolerate_closed_stdout() -> None:
+    if not isinstance(sys.stdout, _ClosedStdoutTolerant) and hasattr(sys.stdout, "fileno"):
+        try:
+            sys.stdout.fileno()
+        except (OSError, ValueError):
+            return  # captured (tests): nothing to guard
+        sys.stdout = _ClosedStdoutTolerant(sys.stdout)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -171,6 +244,7 @@ def _rollback(args: argparse.Namespace) -> int:
     from upgate.core.runs import resolve_run
 
     config = load_config(args.config)
+    # No write check here: a full or read-only disk must not stop a rollback (its records are best-effort).
     return rollback_run(config, resolve_run(args.run, Path(args.reports))).exit_code
 
 

@@ -147,6 +147,8 @@ class BackupConfig(Section):
     directory: Path | None = None
     compression: int = Field(default=1, ge=0, le=9)
     verify: Literal["full", "list", "none"] = "full"
+    # pg_dump -j / pg_restore -j workers (and checksum threads); 0: one per core.
+    jobs: int = Field(default=0, ge=0)
 
 
 class ThresholdsConfig(Section):
@@ -502,6 +504,8 @@ class ReportingConfig(Section):
     html: bool = False
     # The guide's target for `upgate history`.
     target_success_rate: float = Field(default=0.95, ge=0, le=1)
+    # Free space the run folder's disk must have before the first change (journal, gate logs, records).
+    min_free_mb: int = Field(default=64, ge=0)
 
 
 class Config(Section):
@@ -617,6 +621,9 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
         raise ConfigError(f"{file}: config file not found (give --config FILE or set UPGATE_CONFIG)") from None
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read config file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
+                          "save the config as UTF-8") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
+
 import psycopg
 import pytest
 
 from upgate.core.lock import LockBusy, LockUnavailable, run_lock
 from upgate.embedded.postgres import find_pg_tool
 from upgate.errors import StepFailed
-from upgate.steps.backup import restore_database, take_backup, verify_backup
+from upgate.steps.backup import MANIFEST, restore_database, take_backup, verify_backup
 
 
 @pytest.fixture
@@ -38,10 +41,11 @@ def test_backup_restores_exactly_after_damage(table, tmp_path):
 
 def test_full_verification_catches_a_corrupt_archive_that_list_misses(table, tmp_path):
     backup = take_backup(table, tmp_path, find_pg_tool("pg_dump"), find_pg_tool("pg_restore"))
-    data = bytearray(backup.path.read_bytes())
-    middle = len(data) - 2000  # inside the table data block, past the table of contents
+    block = max(backup.path.glob("*.dat.gz"), key=lambda p: p.stat().st_size)  # the table's data file
+    data = bytearray(block.read_bytes())
+    middle = len(data) // 2
     data[middle:middle + 64] = b"\x00" * 64
-    backup.path.write_bytes(bytes(data))
+    block.write_bytes(bytes(data))
     verify_backup(backup.path, find_pg_tool("pg_restore"), "list")  # the TOC still reads
     with pytest.raises(StepFailed, match="verifying backup"):
         verify_backup(backup.path, find_pg_tool("pg_restore"), "full")
@@ -49,7 +53,7 @@ def test_full_verification_catches_a_corrupt_archive_that_list_misses(table, tmp
 
 def test_restore_refuses_a_backup_changed_since_verification(table, tmp_path):
     backup = take_backup(table, tmp_path, find_pg_tool("pg_dump"), find_pg_tool("pg_restore"))
-    with backup.path.open("ab") as f:
+    with next(backup.path.glob("*.dat.gz")).open("ab") as f:
         f.write(b"x")
     with pytest.raises(StepFailed, match="checksum mismatch"):
         restore_database(table, backup, find_pg_tool("pg_restore"), find_pg_tool("psql"), tag="t2")
@@ -71,3 +75,12 @@ def test_unreachable_database_is_named_without_password():
         with run_lock("postgresql://u:pw@127.0.0.1:1/db", "svc", connect_timeout_s=1):
             pass
     assert "127.0.0.1:1" in str(err.value) and ":pw@" not in str(err.value)
+
+
+def test_backup_is_a_directory_archive_with_a_manifest_sha256sum_accepts(table, tmp_path):
+    backup = take_backup(table, tmp_path, find_pg_tool("pg_dump"), find_pg_tool("pg_restore"), jobs=2)
+    assert backup.path.is_dir() and (backup.path / "toc.dat").exists()
+    manifest = (backup.path / MANIFEST).read_text()
+    assert "toc.dat" in manifest and hashlib.sha256(manifest.encode()).hexdigest() == backup.sha256
+    checked = subprocess.run(["sha256sum", "-c", MANIFEST], cwd=backup.path, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr

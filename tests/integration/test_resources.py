@@ -55,3 +55,10 @@ def test_app_latency_down_is_named():
 def test_memory_and_cpu_headroom_gated_only_when_asked():
     assert check_memory_cpu(min_free_memory_mb=1, interval_s=0.1).ok
     assert not check_memory_cpu(min_free_memory_mb=10**9, interval_s=0.1).ok
+
+
+def test_cpu_is_sampled_only_when_gated():
+    ungated = check_memory_cpu(min_free_memory_mb=1, max_cpu_percent=None, interval_s=30)  # no 30 s wait
+    assert ungated.ok and ungated.evidence["cpu_percent"] is None and "load" in ungated.summary
+    gated = check_memory_cpu(min_free_memory_mb=1, max_cpu_percent=100, interval_s=0.1)
+    assert isinstance(gated.evidence["cpu_percent"], float)

@@ -211,4 +211,4 @@ def test_the_password_reaches_the_tools_through_a_passfile_never_argv(app_db, tm
     path, content = passfile.split(": ", 1)
     assert content == "*:*:*:*:s3cret" and not Path(path).exists(), "the passfile outlived the tool"
     assert os.environ.get("PGPASSWORD") != "s3cret"
-    assert Path(tmp_path / "b" / "database.dump").exists()
+    assert Path(tmp_path / "b" / "database.dir" / "toc.dat").exists()

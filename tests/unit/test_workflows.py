@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -36,3 +38,33 @@ def test_deploy_gate_maps_each_exit_code_and_uploads_the_reports():
     assert "allure-results" in paths and "allure-report" in paths
     assert all(s.get("if") == "always()" for s in uploads)
     assert doc["jobs"]["page"]["if"].endswith("== '30'")
+
+
+def _demo_step() -> str:
+    steps = load("ci.yml")["jobs"]["test"]["steps"]
+    return next(s["run"] for s in steps if s.get("name", "").startswith("Demo scenarios"))
+
+
+def _run_demo_step(tmp_path: Path, codes: dict[str, int]) -> subprocess.CompletedProcess[str]:
+    """The step as GitHub runs it (`bash -e`), with an `upgate` that exits with `codes[scenario]`."""
+    stub = tmp_path / "upgate"
+    table = " ".join(f"{k}) exit {v};;" for k, v in codes.items())
+    stub.write_text(f'#!/usr/bin/env bash\ncase "$3" in {table} *) exit 99;; esac\n')
+    stub.chmod(0o755)
+    script = tmp_path / "step.sh"
+    script.write_text(_demo_step())
+    return subprocess.run(["bash", "-e", str(script)], env={**os.environ, "UPGATE": str(stub)}, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_demo_step_passes_when_every_scenario_ends_as_expected(tmp_path):
+    done = _run_demo_step(tmp_path, {"good": 0, "destructive": 20, "broken-deploy": 20, "blocked": 10})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "destructive exit 20 (expected 20)" in done.stdout
+
+
+def test_demo_step_fails_on_a_wrong_exit_code_and_runs_every_scenario(tmp_path):
+    done = _run_demo_step(tmp_path, {"good": 0, "destructive": 0, "broken-deploy": 20, "blocked": 10})
+    assert done.returncode != 0
+    assert "demo destructive exited 0, expected 20" in done.stdout
+    assert "blocked exit 10 (expected 10)" in done.stdout  # the scenarios after the wrong one still ran

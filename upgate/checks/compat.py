@@ -99,6 +99,40 @@ def inspect_environment(python: str, timeout_s: float = 60.0) -> Environment:
     return Environment(python, dists, {k: str(v) for k, v in data["environment"].items()})
 
 
+_FINGERPRINT = """
+import hashlib, os, sys
+seen = [sys.version, os.path.realpath(sys.executable)]
+for entry in sys.path:
+    try:
+        names = sorted(os.listdir(entry or "."))
+    except OSError:
+        continue
+    for name in names:
+        if name.endswith((".dist-info", ".egg-info")):
+            for meta in ("METADATA", "PKG-INFO", "RECORD"):
+                path = os.path.join(entry, name, meta)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                seen.append(f"{path} {st.st_size} {st.st_mtime_ns}")
+print(hashlib.sha256("\\n".join(seen).encode()).hexdigest())
+"""
+
+
+def environment_fingerprint(python: str, timeout_s: float = 30.0) -> str:
+    """A hash of what the constraint and `pip check` gates read: the interpreter's version and the
+    metadata of every installed distribution on its sys.path (path, size, mtime). Equal fingerprints:
+    those gates would judge the same things again."""
+    try:
+        done = subprocess.run([python, "-c", _FINGERPRINT], capture_output=True, text=True, timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeError(f"cannot run the interpreter {python}: {exc}") from exc
+    if done.returncode != 0:
+        raise RuntimeError(f"{python} could not list its distributions: {done.stderr.strip()[-400:]}")
+    return done.stdout.strip()
+
+
 def read_requirements(path: Path, _seen: set[Path] | None = None) -> list[Declared]:
     """Requirements of a pip requirements file (`-r`/`-c` followed); options, URLs and editables skipped."""
     path = Path(path)

@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import psutil
-from scipy.stats import mannwhitneyu, norm
 
 from upgate.checks.result import CheckResult
 from upgate.checks.secrets import redact
@@ -407,6 +406,8 @@ def compare_latency(baseline: LoadRun, candidate: LoadRun, policy: LatencyPolicy
         if len(a) < policy.min_samples or len(b) < policy.min_samples:
             notes.append(f"{name}: {len(a)} vs {len(b)} samples, fewer than {policy.min_samples}: not judged")
             continue
+        from scipy.stats import mannwhitneyu  # here, not at import: every gate phase imports this module
+
         u = mannwhitneyu(b, a, alternative="greater")
         pa = np.percentile(a, [50, 95, 99])
         pb = np.percentile(b, [50, 95, 99])
@@ -454,6 +455,8 @@ def shift_interval(a: list[float], b: list[float], alpha: float, cap: int = 1500
     x = np.asarray(a if len(a) <= cap else rng.choice(a, cap, replace=False), dtype=float)
     y = np.asarray(b if len(b) <= cap else rng.choice(b, cap, replace=False), dtype=float)
     n, m = len(x), len(y)
+    from scipy.stats import norm
+
     z = float(norm.ppf(1 - alpha))
     k = int(max(0, np.floor(n * m / 2 - z * np.sqrt(n * m * (n + m + 1) / 12))))
     out: dict[str, float] = {}

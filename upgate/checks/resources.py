@@ -153,7 +153,8 @@ def check_memory_cpu(min_free_memory_mb: float = 256.0, max_cpu_percent: float |
     import psutil
 
     memory = psutil.virtual_memory()
-    cpu = psutil.cpu_percent(interval=interval_s)
+    # Sampled (a wait of `interval_s`) only when gated; otherwise the load average says enough.
+    cpu = psutil.cpu_percent(interval=interval_s) if max_cpu_percent is not None else None
     load1, load5, _ = os.getloadavg()
     cores = psutil.cpu_count() or 1
     available_mb = memory.available / MiB
@@ -165,12 +166,13 @@ def check_memory_cpu(min_free_memory_mb: float = 256.0, max_cpu_percent: float |
     problems = []
     if available_mb < min_free_memory_mb:
         problems.append(f"{available_mb:.0f} MiB memory available, {min_free_memory_mb:g} MiB needed")
-    if max_cpu_percent is not None and cpu > max_cpu_percent:
+    if max_cpu_percent is not None and cpu is not None and cpu > max_cpu_percent:
         problems.append(f"CPU {cpu:.0f}% busy, above the {max_cpu_percent:g}% ceiling")
     warnings = []
-    if max_cpu_percent is None and cpu > 90:
-        warnings.append(f"CPU {cpu:.0f}% busy (not gated: set resources.max_cpu_percent)")
-    summary = (f"{available_mb:.0f} of {memory.total / MiB:.0f} MiB memory available; CPU {cpu:.0f}% busy, "
+    if max_cpu_percent is None and load1 > 0.9 * cores:
+        warnings.append(f"load {load1:.1f} on {cores} cores (CPU not gated: set resources.max_cpu_percent)")
+    busy = f"CPU {cpu:.0f}% busy, " if cpu is not None else ""
+    summary = (f"{available_mb:.0f} of {memory.total / MiB:.0f} MiB memory available; {busy}"
                f"load {load1:.1f} on {cores} cores")
     if problems:
         return CheckResult(False, "; ".join(problems) + f" ({summary})", evidence, tuple(warnings))

@@ -14,7 +14,11 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import os
+import shutil
 import socket
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +30,8 @@ from typing import Any
 from upgate.checks.secrets import redact
 from upgate.config import Config
 from upgate.core.diagnose import diagnose, show_estimate
-from upgate.core.gating import PhaseResult, gates_folder, run_gates
+from upgate.core.gating import GateWorker, PhaseResult, gates_folder, run_gates
+from upgate.core.interrupts import Interrupted, SignalGuard
 from upgate.core.journal import Journal
 from upgate.core.ladder import climb
 from upgate.core.lock import LockBusy, LockUnavailable, run_lock
@@ -48,6 +53,9 @@ from upgate.steps import Step, StepContext, build_steps
 from upgate.steps.backup import BackupStep
 from upgate.steps.base import DeployStep
 
+#: MiB held back in the run folder from the first change on, and given to the rollback when it starts.
+RESERVE_MB = 16
+
 
 @dataclass
 class RunOptions:
@@ -55,6 +63,9 @@ class RunOptions:
     console: Console | None = None
     #: An existing run folder to continue (`upgate rollback`); default: a new one.
     run_dir: Path | None = None
+    #: The record this run writes in its folder: `summary.json`, or for `upgate rollback` of a run that
+    #: finished, its own `rollback-<time>.json` (the run's summary stays as it was).
+    record: str = "summary.json"
 
 
 @dataclass
@@ -81,7 +92,17 @@ class Pipeline:
         self.console = options.console or Console()
         self.run = RunDir(options.run_dir.resolve()) if options.run_dir else RunDir.create(options.reports)
         self.journal = Journal(self.run.journal)
+        self.journal.on_error = self._journal_error
         self.journal.observers.append(audit_log_for(config, self.run).mirror())
+        self.guard = SignalGuard()
+        #: "run", or "rollback" for `upgate rollback` (journaled in `run start`).
+        self.command = "run"
+        #: True from the first mutating step on: from then any failure or signal runs the ladder.
+        self.touching = False
+        #: What could not be written (disk full, read-only): shown with the verdict, never fatal.
+        self.write_problems: list[str] = []
+        #: The warm gate process (upgate/core/gating.py): one start-up per run, a fresh fork per phase.
+        self.gate_worker: GateWorker | None = None
         self.ctx = StepContext(config, self.run, self.journal, say=self.console.step)
         self.steps: list[Step] = []  # every step of the plan (or, for `upgate rollback`, the ones done)
         self.done: list[Step] = []  # the steps whose do() started
@@ -119,7 +140,7 @@ class Pipeline:
                           + (" against the baseline" if phase == "rollback" else ""))
 
         def go() -> dict[str, Any]:
-            result = run_gates(phase, self.config, self.run, on_line=self.console.gate)
+            result = run_gates(phase, self.config, self.run, on_line=self.console.gate, worker=self.gate_worker)
             self.phases[phase] = result
             if not result.passed:
                 raise StepFailed(f"{label} failed: {result.describe()}")
@@ -181,7 +202,20 @@ class Pipeline:
         return result.passed
 
     def rollback(self, reason: str, steps: list[Step]) -> tuple[Verdict, str]:
-        """Undo `steps` (the ones done, in run order) through the ladder and prove it."""
+        """Undo `steps` (the ones done, in run order) through the ladder and prove it.
+
+        Signals cannot cut it short: they are noted (and said in the reason), never raised.
+        """
+        with self.guard.shield():
+            seen = len(self.guard.received)
+            verdict, reason = self._rollback(reason, steps)
+            late = self.guard.received[seen:]
+            if late:
+                reason += f" ({', '.join(sorted(set(late)))} received during the rollback: noted, not obeyed)"
+            return verdict, reason
+
+    def _rollback(self, reason: str, steps: list[Step]) -> tuple[Verdict, str]:
+        self._release_reserve()
         t0 = time.monotonic()
         record = self.rollback_record
         record.triggered, record.reason = True, reason
@@ -201,39 +235,147 @@ class Pipeline:
         return self.finish(self._locked)
 
     def finish(self, body: Callable[[], tuple[Verdict, str]]) -> RunOutcome:
-        """Journal the run, run `body`, and always write the summary and print the verdict."""
+        """Journal the run, run `body`, and always write the summary and print the verdict.
+
+        SIGTERM, SIGINT and SIGHUP raise Interrupted inside `body` (which rolls back what it touched);
+        the records and the verdict at the end are written whatever arrives, each one best-effort.
+        """
         cfg = self.config
-        self.console.header(cfg, self.run)
-        self.journal.write("run", "start", config=str(cfg.source), target=cfg.target.name,
-                           host=socket.gethostname(), user=getpass.getuser(), config_sha256=_sha256(cfg.source))
-        verdict, reason = Verdict.NEEDS_ATTENTION, "run did not finish"
-        try:
-            verdict, reason = body()
-        except KeyboardInterrupt:
-            verdict, reason = Verdict.NEEDS_ATTENTION, "interrupted: read the journal; `upgate rollback` undoes it"
-            raise
-        finally:
-            if self.prober:
-                self.prober.stop()
-            summary = self._summary(verdict, reason)
-            self.journal.write("run", "end", verdict=verdict.value, exit_code=exit_code(verdict), reason=reason)
-            data = summary.to_json()
-            self.console.verdict(verdict, reason, data)
-            report_run(self.run, data, cfg, self.console)
+        with self.guard:
+            verdict, reason = Verdict.NEEDS_ATTENTION, "run did not finish"
+            try:
+                self.gate_worker = GateWorker.start(gates_folder(cfg))
+                self.console.header(cfg, self.run)
+                self.journal.write("run", "start", command=self.command, config=str(cfg.source),
+                                   target=cfg.target.name, host=socket.gethostname(), pid=os.getpid(),
+                                   user=getpass.getuser(), config_sha256=_sha256(cfg.source))
+                verdict, reason = body()
+            except Interrupted as exc:
+                verdict, reason = self._stopped_by(f"{exc}")
+            except Exception as exc:
+                verdict, reason = self._stopped_by(f"{type(exc).__name__}: {redact(str(exc))}")
+            finally:
+                with self.guard.shield():
+                    summary = self._finalize(verdict, reason)
         return RunOutcome(verdict, reason, self.run, summary)
+
+    def _stopped_by(self, what: str) -> tuple[Verdict, str]:
+        """The verdict when `body` itself ended in an exception (a rollback, if any, was not run by it)."""
+        if self.command == "rollback":
+            return Verdict.NEEDS_ATTENTION, (f"rollback stopped ({what}) before it finished: run `upgate rollback "
+                                             f"--run {self.run.path}` again")
+        if self.touching:
+            return Verdict.NEEDS_ATTENTION, (f"{what} after the target was touched: run `upgate rollback --run "
+                                             f"{self.run.path}`")
+        return Verdict.BLOCKED, f"{what}; nothing was touched"
+
+    def _finalize(self, verdict: Verdict, reason: str) -> RunSummary:
+        """Stop the prober, write the record and the journal's end, print the verdict, report. Never raises."""
+        if self.prober:
+            try:
+                self.prober.stop()
+            except Exception as exc:
+                self.write_problems.append(f"downtime prober: {exc}")
+        if self.gate_worker is not None:
+            self.gate_worker.close()
+        self._release_reserve()
+        try:
+            summary = self._summary(verdict, reason)
+        except Exception as exc:
+            self.write_problems.append(f"summary ({type(exc).__name__}: {exc})")
+            summary = RunSummary(run_id=self.run.run_id, target=self.config.target.name,
+                                 from_version=self.config.target.from_version,
+                                 to_version=self.config.target.to_version, verdict=verdict.value,
+                                 exit_code=exit_code(verdict), reason=reason,
+                                 started_at=self.started_at.isoformat(timespec="seconds"),
+                                 seconds=round(time.monotonic() - self.started, 3), config=str(self.config.source),
+                                 config_sha256=None, steps=self.records, rollback=self.rollback_record)
+        self.journal.write("run", "end", command=self.command, verdict=verdict.value, exit_code=exit_code(verdict),
+                           reason=reason)
+        if not self.journal.healthy:
+            self.write_problems.append(f"journal {self.run.journal}: {len(self.journal.unwritten)} record(s) not "
+                                       f"written ({_strerror(self.journal.error)})")
+        data = summary.to_json()
+        try:
+            self.console.verdict(verdict, reason, data)
+            for problem in self.write_problems:
+                self.console.step("warning", f"not written: {problem}")
+        except Exception:
+            pass
+        for problem in self.write_problems:
+            _stderr(f"upgate: warning: not written: {problem}")
+        if self.options.record == "summary.json":
+            try:
+                report_run(self.run, data, self.config, self.console)
+            except Exception as exc:
+                _stderr(f"upgate: warning: report not written: {exc}")
+        return summary
+
+    def _journal_error(self, exc: OSError) -> None:
+        message = f"journal {self.run.journal} cannot be written ({_strerror(exc)}); going on, keeping the records"
+        _stderr(f"upgate: warning: {message}")
+
+    def _check_room(self) -> None:
+        """Before the first change: the journal is on disk and the run folder has room for the rest."""
+        if not self.journal.healthy:
+            raise StepFailed(f"the journal {self.run.journal} cannot be written ({_strerror(self.journal.error)}): "
+                             "a run whose journal is not on disk could not be finished by `upgate rollback`")
+        need_mb = self.config.reporting.min_free_mb
+        try:
+            free = shutil.disk_usage(self.run.path).free
+        except OSError as exc:
+            raise StepFailed(f"cannot tell the free space of {self.run.path}: {_strerror(exc)}") from None
+        if free < need_mb * 2**20:
+            raise StepFailed(f"{free / 2**20:.0f} MiB free where the run folder {self.run.path} lives, under the "
+                             f"{need_mb} MiB a run needs for its journal, gate logs and records while the target is "
+                             "changed ([reporting] min_free_mb): free some space")
+        # Ballast: room held back for the rollback, given back the moment it starts (should the disk fill
+        # up meanwhile, the ladder's journal and its proof still find space).
+        try:
+            with self._reserve.open("wb") as ballast:
+                for _ in range(RESERVE_MB):
+                    ballast.write(b"\0" * 2**20)
+                os.fsync(ballast.fileno())
+        except OSError as exc:
+            self._release_reserve()
+            raise StepFailed(f"cannot set {RESERVE_MB} MiB aside in {self.run.path} for a rollback: "
+                             f"{_strerror(exc)}") from None
+
+    @property
+    def _reserve(self) -> Path:
+        return self.run.path / ".rollback-reserve"
+
+    def _release_reserve(self) -> None:
+        try:
+            self._reserve.unlink(missing_ok=True)
+        except OSError:
+            pass
 
     def _locked(self) -> tuple[Verdict, str]:
         cfg = self.config
         if not cfg.database.url:
-            return self._gated()
+            return self._unfinished() or self._gated()
         try:
             with run_lock(cfg.database.url, cfg.target.name, cfg.database.connect_timeout_s):
                 self.console.step("lock", f"advisory lock held for target '{cfg.target.name}'")
-                return self._gated()
+                return self._unfinished() or self._gated()
         except LockBusy as exc:
             return Verdict.BLOCKED, str(exc)
         except LockUnavailable as exc:
             return Verdict.BLOCKED, f"database unreachable, nothing touched: {exc}"
+
+    def _unfinished(self) -> tuple[Verdict, str] | None:
+        """BLOCKED while an earlier run of this target left it touched and unproven (checked under the lock)."""
+        from upgate.core.recovery import unfinished_runs
+
+        found = unfinished_runs(self.config, self.run.path.parent.parent, skip=self.run.path)
+        if not found:
+            return None
+        first = found[0]
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        return Verdict.BLOCKED, (f"an earlier run of target '{self.config.target.name}' is unfinished{more}: "
+                                 f"{first.describe()}; finish it first with `{first.command(self.config)}`; "
+                                 "nothing was touched")
 
     def _show_plan(self) -> None:
         for step in self.steps:
@@ -241,53 +383,113 @@ class Pipeline:
             self.plan.append(plan.to_json())
             for line in plan.lines():
                 self.console.step("plan", line)
-        self.run.write_json("plan.json", self.plan)
+        self._write("plan.json", self.plan)
 
     def _gated(self) -> tuple[Verdict, str]:
-        pre = self._gates("pre")
-        if not pre.passed:
-            first = pre.failures[0]["message"] if pre.failures else pre.describe()
-            return Verdict.BLOCKED, f"pre-gates failed ({pre.describe()}): {first}; nothing was touched"
         try:
-            self.steps = build_steps(self.config)
-        except StepFailed as exc:
-            return Verdict.BLOCKED, f"the plan cannot be built, nothing was touched: {redact(str(exc))}"
-        self._show_plan()
-        # Before anything changes: the steps that touch nothing live (the backup), and every step's
-        # preparation (copies, checks). A failure here blocks with nothing touched.
+            blocked = self._before_touching()
+        except Interrupted as exc:
+            return Verdict.BLOCKED, f"{exc} before anything was touched; nothing was touched"
+        if blocked is not None:
+            return blocked
         try:
-            for step in self.steps:
-                if not step.mutates:
-                    self.done.append(step)
-                    self._timed(step.name, partial(step.do, self.ctx))
-            for step in self.steps:
-                if type(step).prepare is not Step.prepare:
-                    self._timed(f"{step.name} backup", partial(step.prepare, self.ctx))
+            self.start_prober()
+        except Interrupted as exc:
+            return Verdict.BLOCKED, f"{exc} before anything was touched; nothing was touched"
         except Exception as exc:
-            return Verdict.BLOCKED, f"{self.records[-1].name} failed, nothing was touched: {redact(str(exc))}"
-
-        self.start_prober()
+            return Verdict.BLOCKED, f"the downtime prober did not start ({exc}); nothing was touched"
+        # From here on any failure, exception or signal rolls back what was touched.
+        self.touching = True
         try:
             for step in self.steps:
                 if step.mutates:
                     self.done.append(step)
                     self._timed(step.name, partial(step.do, self.ctx))
+        except Interrupted as exc:
+            return self.rollback(f"{exc} during {self._where()}", self.done)
         except Exception as exc:
-            failed = self.records[-1].name
-            self._diagnose(failed)
+            failed = self.records[-1].name if self.records else "the first step"
+            try:
+                self._diagnose(failed)
+            except Interrupted:
+                pass  # the rollback comes next either way
             return self.rollback(f"{failed} failed: {redact(str(exc))}", self.done)
-        post = self._gates("post")
+        try:
+            post = self._gates("post")
+        except Interrupted as exc:
+            return self.rollback(f"{exc} during {self._where()}", self.done)
+        except Exception as exc:
+            return self.rollback(f"post-gates could not run ({type(exc).__name__}: {redact(str(exc))})", self.done)
         if not post.passed:
             first = post.failures[0]["message"] if post.failures else post.describe()
             return self.rollback(f"post-gates failed ({post.describe()}): {first}", self.done)
         ran = ["pre-gates", *(s.label for s in self.done), "post-gates"]
         return Verdict.UPGRADED, f"{', '.join(ran[:-1])} and {ran[-1]} passed"
 
+    def _where(self) -> str:
+        running = [r.name for r in self.records if r.status == "failed"]
+        return running[-1] if running else (self.records[-1].name if self.records else "the run")
+
+    def _before_touching(self) -> tuple[Verdict, str] | None:
+        """Pre-gates, the plan, the backup and every step's preparation; BLOCKED (nothing touched) on failure.
+
+        The backup only reads, so it starts with the pre-gates (on the other core) and is discarded
+        when they fail.
+        """
+        try:
+            self.steps = build_steps(self.config)
+        except StepFailed as exc:
+            return Verdict.BLOCKED, f"the plan cannot be built, nothing was touched: {redact(str(exc))}"
+        early = [_Early(self, step) for step in self.steps if isinstance(step, BackupStep)]
+        for job in early:
+            self.done.append(job.step)
+            job.start()
+        try:
+            return self._after_pre_gates(early)
+        finally:
+            for job in early:
+                job.stop()
+
+    def _after_pre_gates(self, early: list[_Early]) -> tuple[Verdict, str] | None:
+        pre = self._gates("pre")
+        if not pre.passed:
+            for job in early:
+                job.discard()
+            first = pre.failures[0]["message"] if pre.failures else pre.describe()
+            return Verdict.BLOCKED, f"pre-gates failed ({pre.describe()}): {first}; nothing was touched"
+        self._show_plan()
+        # Before anything changes: the steps that touch nothing live (the backup, already under way),
+        # and every step's preparation (copies, checks). A failure here blocks with nothing touched.
+        started = {job.step: job for job in early}
+        current = "backup"
+        try:
+            for step in self.steps:
+                if not step.mutates:
+                    current = step.name
+                    if step in started:
+                        started[step].result()
+                    else:
+                        self.done.append(step)
+                        self._timed(step.name, partial(step.do, self.ctx))
+            for step in self.steps:
+                if type(step).prepare is not Step.prepare:
+                    current = f"{step.name} backup"
+                    self._timed(current, partial(step.prepare, self.ctx))
+        except Exception as exc:
+            return Verdict.BLOCKED, f"{current} failed, nothing was touched: {redact(str(exc))}"
+        try:
+            self._check_room()
+        except StepFailed as exc:
+            return Verdict.BLOCKED, f"{exc}; nothing was touched"
+        return None
+
     def _summary(self, verdict: Verdict, reason: str) -> RunSummary:
         cfg = self.config
         downtime = self.prober.report() if self.prober else None
         if self.prober:
-            self.run.write_json("downtime.json", {
+            name = "downtime.json" if self.options.record == "summary.json" else \
+                self.options.record.replace(".json", "-downtime.json")
+            self._write(name, {
                 "interval_s": self.prober.interval_s, "urls": self.prober.urls,
                 "report": downtime.to_json() if downtime else None,
                 "timeline": [p.__dict__ for p in self.prober.timeline],
@@ -314,13 +516,70 @@ class Pipeline:
             packages=by_name["packages"].summary() if "packages" in by_name else None,
             config_files=by_name["config"].summary() if "config" in by_name else None,
         )
-        self.run.write_json("summary.json", json.loads(redact(json.dumps(summary.to_json(), default=str))))
+        self._write(self.options.record, json.loads(redact(json.dumps(summary.to_json(), default=str))))
         return summary
+
+    def _write(self, name: str, data: Any) -> None:
+        """A record in the run folder, best-effort: a full disk is noted and shown, never raised."""
+        try:
+            self.run.write_json(name, data)
+        except OSError as exc:
+            self.write_problems.append(f"{self.run.path / name} ({_strerror(exc)})")
+
+
+class _Early:
+    """A step that only reads (the backup), run in a thread while the pre-gates run."""
+
+    def __init__(self, pipeline: Pipeline, step: BackupStep) -> None:
+        self.pipeline = pipeline
+        self.step = step
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"upgate-{step.name}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.pipeline._timed(self.step.name, partial(self.step.do, self.pipeline.ctx))
+        except BaseException as exc:
+            self.error = exc
+
+    def result(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        """Cancel it if it still runs (the pre-gates failed, or a signal came) and wait for the thread."""
+        if self.thread.is_alive():
+            self.step.cancel()
+            self.thread.join()
+
+    def discard(self) -> None:
+        """The pre-gates failed: no backup of a target that will not be touched is kept."""
+        self.stop()
+        if self.step.backup is not None:
+            shutil.rmtree(self.step.backup.path, ignore_errors=True)
+            self.pipeline.journal.write(self.step.name, "discarded", reason="the pre-gates failed")
 
 
 def _restore_summary(backup: Step | None) -> dict[str, Any] | None:
     outcome = getattr(backup, "outcome", None)
     return outcome.to_json() if outcome is not None else None
+
+
+def _strerror(exc: BaseException | None) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
+
+
+def _stderr(text: str) -> None:
+    try:
+        print(redact(text), file=sys.stderr, flush=True)
+    except Exception:
+        pass
 
 
 def _sha256(path: Path) -> str | None:

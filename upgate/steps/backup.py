@@ -5,8 +5,11 @@
     >>> outcome.method, outcome.kept_as
     ('fresh-database', 'app_failed_20261125_101500_ab12')
 
-`pg_dump -Fc` at low compression, verified by `pg_restore -f /dev/null` over the whole archive
-(`--list` only reads the table of contents and misses a corrupt data block).
+`pg_dump -Fd -j N` (a directory archive, one data file per table, tables dumped in parallel) at low
+compression; then, at the same time, the verification by a full read (`pg_restore -f /dev/null` over
+the whole archive: `--list` only reads the table of contents and misses a corrupt data block) and the
+checksums (`manifest.sha256`, one sha256 per file, `sha256sum -c` format; the backup's `sha256` is the
+manifest's). The restore checks the manifest again, in parallel, before it trusts the archive.
 
 The restore never restores *over* what the migration left: `pg_restore --clean` cannot drop an old
 constraint that a new table's foreign key depends on, and leaves every new table behind. Instead:
@@ -30,10 +33,14 @@ import contextlib
 import hashlib
 import os
 import re
+import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -74,24 +81,47 @@ class Backup:
 
 
 def run_tool(argv: list[str], what: str, conninfo: str | None = None,
-             timeout_s: float | None = _TOOL_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-    """Run a libpq tool; with `conninfo`, `--dbname` gets it without its password (a private passfile has that)."""
-    try:
-        with contextlib.ExitStack() as stack:
-            env = dict(os.environ)
-            if conninfo is not None:
-                dsn, env = stack.enter_context(libpq_credentials(conninfo))
-                argv = [*argv, "--dbname", dsn]
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, env=env)
-    except ValueError as exc:
-        raise StepFailed(f"{what}: {exc}") from None
-    except FileNotFoundError:
-        raise StepFailed(f"{what}: {argv[0]} not found (set [database] bin_dir)") from None
-    except subprocess.TimeoutExpired:
-        raise StepFailed(f"{what}: timed out after {timeout_s} s") from None
+             timeout_s: float | None = _TOOL_TIMEOUT_S,
+             settings: dict[str, str] | None = None,
+             track: Callable[[subprocess.Popen[str] | None], None] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a libpq tool; with `conninfo`, `--dbname` gets it without its password (a private passfile has that).
+
+    `settings` are server settings for the tool's sessions (PGOPTIONS). The tool runs in a process
+    group of its own: a Ctrl-C meant for upgate (which then rolls back) never kills a restore.
+    `track(proc)` is told of the running tool (and of None when it ended), so that it can be cancelled.
+    """
+    with contextlib.ExitStack() as stack:  # the passfile lives until the tool has ended
+        env = dict(os.environ)
+        if settings:
+            options = " ".join(f"-c {key}={value}" for key, value in settings.items())
+            env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} {options}".strip()
+        if conninfo is not None:
+            try:
+                dsn, env = stack.enter_context(libpq_credentials(conninfo, env))
+            except ValueError as exc:
+                raise StepFailed(f"{what}: {exc}") from None
+            argv = [*argv, "--dbname", dsn]
+        try:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                    text=True, env=env, process_group=0)
+        except FileNotFoundError:
+            raise StepFailed(f"{what}: {argv[0]} not found (set [database] bin_dir)") from None
+        if track is not None:
+            track(proc)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise StepFailed(f"{what}: timed out after {timeout_s} s") from None
+        finally:
+            if proc.poll() is None:  # timed out or interrupted: the tool and its workers (pg_dump -j) go
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            if track is not None:
+                track(None)
     if proc.returncode != 0:
-        raise StepFailed(f"{what} failed (exit {proc.returncode}): {redact(proc.stderr.strip())[-800:]}")
-    return proc
+        raise StepFailed(f"{what} failed (exit {proc.returncode}): {redact(stderr.strip())[-800:]}")
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
 
 def sha256_of(path: Path) -> str:
@@ -102,26 +132,56 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_backup(path: Path, pg_restore: str, level: str = "full") -> float:
+MANIFEST = "manifest.sha256"
+
+
+def manifest_of(folder: Path, jobs: int = 2) -> str:
+    """`sha256  name` per file of a directory archive (sorted, the manifest itself left out), hashed in parallel."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != MANIFEST)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:  # hashlib releases the GIL on big blocks
+        digests = list(pool.map(sha256_of, files))
+    return "".join(f"{digest}  {path.name}\n" for digest, path in zip(digests, files, strict=True))
+
+
+def checksum_of(path: Path, jobs: int = 2) -> str:
+    """The backup's checksum: sha256 of the file, or of the manifest of a directory archive."""
+    if path.is_dir():
+        return hashlib.sha256(manifest_of(path, jobs).encode()).hexdigest()
+    return sha256_of(path)
+
+
+def verify_backup(path: Path, pg_restore: str, level: str = "full",
+                  track: Callable[[subprocess.Popen[str] | None], None] | None = None) -> float:
     started = time.monotonic()
     if level == "full":
-        run_tool([pg_restore, "--file", "/dev/null", str(path)], f"verifying backup {path}")
+        run_tool([pg_restore, "--file", "/dev/null", str(path)], f"verifying backup {path}", track=track)
     elif level == "list":
-        run_tool([pg_restore, "--list", str(path)], f"listing backup {path}")
+        run_tool([pg_restore, "--list", str(path)], f"listing backup {path}", track=track)
     return time.monotonic() - started
 
 
 def take_backup(url: str, folder: Path, pg_dump: str, pg_restore: str, compression: int = 1,
-                verify: str = "full") -> Backup:
+                verify: str = "full", jobs: int | None = None,
+                track: Callable[[subprocess.Popen[str] | None], None] | None = None) -> Backup:
+    """Dump with `jobs` parallel workers, then verify (full read) and checksum at the same time."""
+    jobs = max(1, jobs or os.cpu_count() or 1)
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / "database.dump"
+    target = folder / "database.dir"
+    if target.exists():
+        shutil.rmtree(target)
     started = time.monotonic()
-    run_tool([pg_dump, "--format=custom", f"--compress={compression}", "--no-owner", "--file", str(target)],
-             "pg_dump", conninfo=url)
+    run_tool([pg_dump, "--format=directory", f"--jobs={jobs}", f"--compress={compression}", "--no-owner",
+              "--file", str(target)], "pg_dump", conninfo=url, track=track)
     dump_s = time.monotonic() - started
-    verify_s = verify_backup(target, pg_restore, verify)
-    return Backup(path=target, size_bytes=target.stat().st_size, sha256=sha256_of(target), dump_s=round(dump_s, 3),
-                  verify_s=round(verify_s, 3), verified=verify)
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        verifying = pool.submit(verify_backup, target, pg_restore, verify, track)
+        manifest = manifest_of(target, jobs)
+        verifying.result()
+    (target / MANIFEST).write_text(manifest, encoding="utf-8")
+    size = sum(p.stat().st_size for p in target.iterdir() if p.is_file())
+    return Backup(path=target, size_bytes=size, sha256=hashlib.sha256(manifest.encode()).hexdigest(),
+                  dump_s=round(dump_s, 3), verify_s=round(time.monotonic() - started, 3), verified=verify)
 
 
 # --- restore ----------------------------------------------------------------------------------------
@@ -142,6 +202,11 @@ class RestoreOutcome:
 
 Progress = Callable[[str, dict[str, Any]], None]
 
+#: Session settings of pg_restore into the fresh database: nobody uses it until the swap, so its commits
+#: need not wait for the WAL flush (a crash before the swap is answered by restoring again, and the
+#: swap's own synchronous commit flushes the WAL past every one of them); index builds get memory.
+RESTORE_SETTINGS = {"synchronous_commit": "off", "maintenance_work_mem": "256MB"}
+
 
 def restore_database(url: str, backup: Backup, pg_restore: str, psql: str, tag: str,
                      expected: SchemaSnapshot | None = None, jobs: int = 4,
@@ -152,7 +217,7 @@ def restore_database(url: str, backup: Backup, pg_restore: str, psql: str, tag: 
     equal; `progress(event, detail)` is called as each part commits (the journal); `resume` is what
     the journal says an earlier, killed restore had done (its last event and names).
     """
-    if sha256_of(backup.path) != backup.sha256:
+    if checksum_of(backup.path, jobs) != backup.sha256:
         raise StepFailed(f"backup {backup.path} changed since it was verified (checksum mismatch): not restoring")
     say = progress or (lambda _event, _detail: None)
     started = time.monotonic()
@@ -234,7 +299,7 @@ def _restore_fresh(url: str, backup: Backup, pg_restore: str, names: dict[str, s
     say("created", {"database": fresh, **names})
     try:
         run_tool([pg_restore, "--no-owner", "--exit-on-error", f"--jobs={max(1, jobs)}", str(backup.path)],
-                 f"pg_restore of {backup.path} into {fresh}", conninfo=fresh_url)
+                 f"pg_restore of {backup.path} into {fresh}", conninfo=fresh_url, settings=RESTORE_SETTINGS)
         say("restored", {"database": fresh, **names})
         checked = _check_schema(fresh_url, expected, f"the restored database {fresh}")
         with _maintenance(url) as admin:
@@ -435,6 +500,21 @@ class BackupStep(RestorePoint):
         #: The last restore record of the journal (event and database names), while a restore is unfinished.
         self.restore_state = restore_state
         self.outcome: RestoreOutcome | None = None
+        self._running: subprocess.Popen[str] | None = None
+        self._cancelled = threading.Event()
+
+    def _track(self, proc: subprocess.Popen[str] | None) -> None:
+        self._running = proc
+        if proc is not None and self._cancelled.is_set():
+            self.cancel()
+
+    def cancel(self) -> None:
+        """Stop a backup running in another thread (the pre-gates failed): its tools are killed."""
+        self._cancelled.set()
+        proc = self._running
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
     def _tool(self, name: str) -> str:
         from upgate.embedded.postgres import find_pg_tool
@@ -444,22 +524,28 @@ class BackupStep(RestorePoint):
         except FileNotFoundError as exc:
             raise StepFailed(str(exc)) from None
 
+    def _jobs(self) -> int:
+        return self.config.backup.jobs or os.cpu_count() or 1
+
     def _folder(self, ctx: StepContext) -> Path:
         return self.config.backup.directory or (ctx.run.path / "backup")
 
     def plan(self) -> StepPlan:
         cfg = self.config.backup
         where = str(cfg.directory) if cfg.directory else "the run folder's backup/"
-        return StepPlan(self.name, (f"pg_dump -Fc -Z{cfg.compression} of {redact(self.url)} into {where}, "
-                                    f"verified ({cfg.verify} read) and checksummed",),
+        return StepPlan(self.name, (f"pg_dump -Fd -j{self._jobs()} -Z{cfg.compression} of {redact(self.url)} into "
+                                    f"{where}, verified ({cfg.verify} read) and checksummed (per file) at once",),
                         ("nothing to undo; it is the restore point: pg_restore into a fresh database, schema "
                          "checked against the baseline, swapped in by rename (the failed one kept)",), mutates=False)
 
     def do(self, ctx: StepContext) -> None:
         cfg = self.config.backup
-        ctx.say("backup", f"pg_dump -Fc -Z{cfg.compression} of {redact(self.url)}")
+        ctx.say("backup", f"pg_dump -Fd -j{self._jobs()} -Z{cfg.compression} of {redact(self.url)}")
         self.backup = take_backup(self.url, self._folder(ctx), self._tool("pg_dump"), self._tool("pg_restore"),
-                                  compression=cfg.compression, verify=cfg.verify)
+                                  compression=cfg.compression, verify=cfg.verify, jobs=self._jobs(),
+                                  track=self._track)
+        if self._cancelled.is_set():
+            raise StepFailed("backup cancelled")
         ctx.journal.write(self.name, "verified", backup=self.backup.to_json())
         b = self.backup
         ctx.say("backup", f"{b.size_bytes / 2**20:.1f} MiB in {b.dump_s:.1f} s, verified ({b.verified} read) "
@@ -490,7 +576,8 @@ class BackupStep(RestorePoint):
                                     "fallback": f"restoring in place: {detail.get('why')}"}[event])
 
         outcome = restore_database(self.url, self.backup, self._tool("pg_restore"), self._tool("psql"), tag,
-                                   expected=expected, progress=progress, resume=self.restore_state)
+                                   expected=expected, progress=progress, resume=self.restore_state,
+                                   jobs=self._jobs())
         ctx.journal.write("restore", "done", outcome=outcome.to_json())
         self.restore_state = None
         self.outcome = outcome

@@ -5,6 +5,7 @@ application's config files validate. (The candidate requirements are judged befo
 from upgate.gates.pre.test_compat import (  # noqa: F401  (upgate.fixtures and upgate.gates collected again in the post phase)
     compat,
     declared,
+    environment_unchanged,
     pytestmark,
     python_env,
     test_app_config_files_valid,

@@ -15,6 +15,7 @@ from upgate.checks.compat import (
     check_candidate,
     check_installed,
     check_server_version,
+    environment_fingerprint,
     inspect_environment,
     pip_check,
     read_requirements,
@@ -51,8 +52,29 @@ def python_env(compat):
         pytest.fail(f"compat.python: {exc}", pytrace=False)
 
 
-def test_installed_packages_meet_constraints(declared, python_env, evidence):
-    result = check_installed(declared, python_env)
+@pytest.fixture(scope="session")
+def environment_unchanged(compat, phase, run_dir):
+    """After the pre-gates: why the interpreter and its installed set provably did not change (None: they may
+    have). The pre-gates record the fingerprint the later phases compare with."""
+    python = str(compat.python or sys.executable)
+    try:
+        now = environment_fingerprint(python)
+    except RuntimeError:
+        return None
+    if phase == "pre":
+        run_dir.save_baseline("compat-environment", {"python": python, "fingerprint": now})
+        return None
+    before = run_dir.load_baseline("compat-environment") or {}
+    if before.get("python") == python and before.get("fingerprint") == now:
+        return (f"unchanged since the pre-gates passed: {python}, its version and the metadata of every installed "
+                f"distribution (fingerprint {now[:12]})")
+    return None
+
+
+def test_installed_packages_meet_constraints(declared, environment_unchanged, evidence, request):
+    if environment_unchanged:
+        pytest.skip(environment_unchanged)
+    result = check_installed(declared, request.getfixturevalue("python_env"))
     evidence("installed", result)
     assert result.ok, result.summary
 
@@ -70,9 +92,12 @@ def test_candidate_requirements_compatible(compat, python_env, evidence, request
     assert result.ok, result.summary
 
 
-def test_pip_check_clean(compat, evidence):
+def test_pip_check_clean(compat, evidence, request):
     if not compat.pip_check or not (compat.python or compat.requirements or compat.constraints or compat.candidate):
         pytest.skip("package checks not configured (compat.python, requirements, constraints or candidate)")
+    unchanged = request.getfixturevalue("environment_unchanged")
+    if unchanged:
+        pytest.skip(unchanged)
     result = pip_check(str(compat.python or sys.executable))
     evidence("pip check", result)
     assert result.ok, result.summary

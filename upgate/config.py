@@ -275,7 +275,7 @@ class PerformanceConfig(Section):
     # Comparison with the baseline run.
     alpha: float = Field(default=0.01, gt=0, lt=1)
     max_latency_regression: float = Field(default=0.25, ge=0)  # typical latency more than 1.25x slower ...
-    min_latency_delta_ms: float = Field(default=1.0, ge=0)  # ... and by more than this, at the intervals' low end
+    min_latency_delta_ms: float = Field(default=0.5, ge=0)  # ... and by more than this, at the intervals' low end
     # A pass must rule out this slowdown at the interval's high end (default: 2 x max_latency_regression, 1.5x);
     # when it cannot, the verdict is "too noisy to judge".
     rule_out_regression: float | None = Field(default=None, gt=0)

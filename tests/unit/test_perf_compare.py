@@ -99,7 +99,7 @@ def test_lucky_fast_stretch_in_the_baseline_is_too_noisy_not_a_regression():
     result = compare_latency(make_run(drift=drift), make_run(seed=7), LatencyPolicy())
     assert verdict(result) == "too noisy", result.summary
     assert result.summary.startswith("too noisy to judge latency on")
-    assert "would not be seen (x1.50 must be ruled out)" in result.summary
+    assert "would not be seen (x1.50 must be ruled out; a regression is above x1.25 and +0.5 ms)" in result.summary
     assert result.warnings and result.warnings[0] == result.summary
 
 
@@ -196,7 +196,7 @@ def test_window_medians_cut_the_run_into_windows():
 
 def test_steady_baseline_and_noisy_baseline():
     steady = baseline_steadiness(make_run(), LatencyPolicy())
-    assert steady.ok and steady.summary.startswith("baseline steady: 2 endpoints")  # health: too fast to matter
+    assert steady.ok and steady.summary.startswith("baseline steady: 3 endpoints")
     noisy = baseline_steadiness(make_run(drift=[0.3, 1.0] * 5), LatencyPolicy())
     assert not noisy.ok and noisy.summary.startswith("baseline too noisy to rule out x1.50: GET /logs: window p50")
     assert "(machine load 2.0)" in noisy.summary

@@ -425,7 +425,7 @@ class LatencyPolicy:
 
     alpha: float = 0.01
     max_regression: float = 0.25      # typical latency more than 1.25x ...
-    min_delta_ms: float = 1.0         # ... and more than 1 ms slower, at the intervals' low end
+    min_delta_ms: float = 0.5         # ... and more than 0.5 ms slower, at the intervals' low end
     rule_out: float | None = None     # a pass rules out this slowdown (None: 2 x max_regression, 1.5x by default)
     min_samples: int = 20             # endpoints with fewer samples on either side are reported, not judged
     windows: int = 10                 # each run of duration_s is cut into this many windows
@@ -548,8 +548,10 @@ def compare_latency(baseline: LoadRun, candidate: LoadRun, policy: LatencyPolicy
                           f"{_ms(pb[1])} (x{ratios[1]:.2f}), shift +{shift['ms']:.1f} ms (at least "
                           f"+{shift['ms_low']:.1f}){spread}, Mann-Whitney p={u.pvalue:.1e}")
         elif verdict == "too noisy":
-            unsure.append(f"{name}: p50 {_ms(pa[0])} -> {_ms(pb[0])} (x{ratios[0]:.2f}){spread}: a slowdown up to "
-                          f"x{high:.2f} would not be seen (x{policy.rule_out_ratio:.2f} must be ruled out)")
+            unsure.append(f"{name}: p50 {_ms(pa[0])} -> {_ms(pb[0])} (x{ratios[0]:.2f}){spread}, shift at least "
+                          f"{shift['ms_low']:+.1f} ms: a slowdown up to x{high:.2f} would not be seen (x"
+                          f"{policy.rule_out_ratio:.2f} must be ruled out; a regression is above "
+                          f"x{policy.regression_ratio:.2f} and +{policy.min_delta_ms:g} ms)")
     machine = {"baseline": baseline.load_avg, "candidate": candidate.load_avg}
     verdict_all: Verdict = "regressed" if slower else "too noisy" if unsure else "pass"
     evidence = {"verdict": verdict_all, "paired": paired, "endpoints": rows, "policy": asdict(policy),

@@ -1,8 +1,9 @@
 """Does the latency gate cry wolf, and does it catch a 1.5x slowdown? Gate verdicts on this machine, each
 beside the machine's load (os.getloadavg(): 1, 5 and 15 minutes).
 
-    $ .venv/bin/python bench/perf.py                                  # paired and sequential: 30 A/A, 10 + 10 slowed
-    $ .venv/bin/python bench/perf.py --mode paired --aa 5 --slow 2    # a quick look
+    $ .venv/bin/python bench/perf.py                                  # paired: 30 A/A, 10 x 1.5x, 10 x 3x
+    $ .venv/bin/python bench/perf.py --mode sequential               # the in-place deploy's gate (slower)
+    $ .venv/bin/python bench/perf.py --aa 5 --slow 2 --capacity      # a quick look, and Locust's req/s flat out
 
 Every verdict is the gate's own, through the same functions the gates call:
 - paired (the post-gate when both versions run, e.g. targets.json from a blue-green deploy): a fresh candidate
@@ -48,6 +49,15 @@ from upgate.fixtures.reference import free_port, start_service, stop_pid, wait_r
 from upgate.fixtures.seed import create_schema, seed  # noqa: E402
 
 SLOWED = {"1.5x": "v2-slow-1.5x", "3x": "v2-slow-3x"}
+FLAT_OUT = """
+from locust import constant
+
+from upgate.loadtests.reference import ReferenceUser
+
+
+class FlatOut(ReferenceUser):
+    wait_time = constant(0)
+"""
 READS = ("GET /logs", "GET /logs/{id}")
 
 
@@ -178,6 +188,22 @@ def sequential_mode(args: argparse.Namespace, profile: LoadProfile, policy: Late
     return tally
 
 
+def capacity(host: str, pids: list[int], folder: Path) -> None:
+    """What one Locust process (and a master with 2 workers) drives against the service, no wait time."""
+    flat = folder / "flat_out.py"
+    flat.write_text(FLAT_OUT)
+    print("generator capacity (no wait time, the reference profile, 2 s warm-up + 5 s):")
+    for label, workers in (("local runner", 0), ("master + 2 workers", 2)):
+        for users in (10, 50):
+            run = run_load(LoadProfile(host=host, locustfile=str(flat), users=users, spawn_rate=users, rate_per_user=0,
+                                       warmup_s=2, duration_s=5, local_workers=workers), folder / "flat",
+                           f"flat-{workers}-{users}", pids=pids)
+            t, r = run.total, run.resources
+            cpu = f", target CPU {r.cpu_percent:.0f}%" if r else ""
+            print(f"  {label:18s} {users:3d} users: {t.rps:6.0f} req/s, p50 {t.p50_ms or 0:.1f} ms{cpu}; load "
+                  f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+
+
 def report(tally: Tally, args: argparse.Namespace, minutes: float) -> None:
     aa = tally.verdicts.get("A/A", [])
     print(f"{tally.mode}: {minutes:.1f} min, machine load (1 min) during the verdicts: min "
@@ -195,7 +221,8 @@ def report(tally: Tally, args: argparse.Namespace, minutes: float) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=("paired", "sequential", "both"), default="both")
+    parser.add_argument("--mode", choices=("paired", "sequential", "both"), default="paired",
+                        help="paired: ~15 min for the defaults; sequential: ~35 min")
     parser.add_argument("--aa", type=int, default=30, help="A/A verdicts per mode")
     parser.add_argument("--slow", type=int, default=10, help="verdicts per slowed build and mode")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
@@ -206,6 +233,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--confirm-runs", type=int, default=1)
     parser.add_argument("--baseline-retries", type=int, default=1)
+    parser.add_argument("--capacity", action="store_true", help="also Locust's req/s flat out (local, 2 workers)")
     args = parser.parse_args()
 
     policy = LatencyPolicy(windows=args.windows)
@@ -236,6 +264,9 @@ def main() -> int:
             if args.mode in ("sequential", "both"):
                 t0 = time.monotonic()
                 tallies.append((sequential_mode(args, profile, policy, live, folder), time.monotonic() - t0))
+            if args.capacity:
+                live.start("v1")
+                capacity(live.host, live.pids, folder)
         finally:
             live.stop()
             cand.stop()

@@ -157,16 +157,21 @@ def test_confirmation_rules():
                          compare_latency(base, make_run(seed=2), LatencyPolicy()),
                          compare_latency(make_run(drift=[0.3, 1.0] * 5), make_run(seed=7), LatencyPolicy()))
     assert verdict(noisy) == "too noisy"
-    confirmed = confirm_latency([slow, slow])
-    assert verdict(confirmed) == "regressed" and "(confirmed by 1 more run)" in confirmed.summary
-    assert len(confirmed.evidence["confirmations"]) == 1
-    transient = confirm_latency([slow, same])
+    for paired in (True, False):
+        confirmed = confirm_latency([slow, slow], paired)
+        assert verdict(confirmed) == "regressed" and "(confirmed by 1 more run)" in confirmed.summary
+        assert len(confirmed.evidence["confirmations"]) == 1
+        unsure = confirm_latency([slow, noisy], paired)
+        assert verdict(unsure) == "too noisy" and unsure.summary.startswith("too noisy to judge")
+        assert confirm_latency([same], paired) is same
+    # Paired, drift weighs on both sides alike: a run that rules the slowdown out clears a transient one.
+    transient = confirm_latency([slow, same], paired=True)
     assert transient.ok and transient.summary.startswith("not confirmed: no latency regression")
-    cleared = confirm_latency([noisy, same])
-    assert verdict(cleared) == "pass"
-    unsure = confirm_latency([slow, noisy])
-    assert verdict(unsure) == "too noisy" and unsure.summary.startswith("too noisy to judge")
-    assert confirm_latency([same]) is same
+    assert verdict(confirm_latency([noisy, same], paired=True)) == "pass"
+    # Sequential, the same disagreement is the drift between runs showing: too noisy, never a pass.
+    for first in (slow, noisy):
+        disagree = confirm_latency([first, same], paired=False)
+        assert verdict(disagree) == "too noisy" and "the runs disagree" in disagree.summary
 
 
 def test_judge_latency_measures_again_only_while_not_cleared():
@@ -181,6 +186,17 @@ def test_judge_latency_measures_again_only_while_not_cleared():
     calls.clear()
     result = judge_latency((make_run(), make_run(seed=1)), again, LatencyPolicy(), 2, paired=False)
     assert verdict(result) == "pass" and calls == []
+
+
+def test_sequential_pass_sits_within_the_baselines_spread():
+    # 1.2x slower on a very steady machine: not above 1.25x at the low end, under 1.5x at the high end, but
+    # slower than every window of the old version: not a pass in sequential runs (drift could hide 1.5x).
+    base, cand = make_run(sigma=0.1), make_run(scale=1.2, seed=4, sigma=0.1)
+    row = compare_latency(base, cand, LatencyPolicy()).evidence["endpoints"]["GET /logs"]
+    assert row["windows"]["ratio_high"] < 1.5 and row["windows"]["candidate_typical_ms"] > row["windows"][
+        "baseline_slowest_ms"]
+    assert row["verdict"] == "too noisy"
+    assert verdict(compare_latency(base, cand, LatencyPolicy(), paired=True)) == "pass"
 
 
 # --- the baseline's own spread ------------------------------------------------------------------------------

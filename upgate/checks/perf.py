@@ -530,7 +530,11 @@ def compare_latency(baseline: LoadRun, candidate: LoadRun, policy: LatencyPolicy
         tail_effect = (policy.max_p95_regression is not None and tail["ms_low"] > policy.min_delta_ms
                        and tail["ratio_low"] > 1 + policy.max_p95_regression)
         regressed = bool(u.pvalue < policy.alpha and (shift_effect or tail_effect))
-        cleared = high < policy.rule_out_ratio or float(pa[0]) * (high - 1) < policy.min_delta_ms
+        # Sequential: a pass must also sit within the old version's own spread (its typical window no slower
+        # than the baseline's slowest), the counterpart of a regression having to exceed it.
+        within_spread = windows is None or paired or windows["candidate_typical_ms"] <= windows["baseline_slowest_ms"]
+        cleared = ((high < policy.rule_out_ratio and within_spread)
+                   or float(pa[0]) * (high - 1) < policy.min_delta_ms)
         verdict: Verdict = "regressed" if regressed else "pass" if cleared else "too noisy"
         rows[name] = {
             "baseline": {"n": len(a), "p50_ms": _r(pa[0]), "p95_ms": _r(pa[1]), "p99_ms": _r(pa[2])},
@@ -594,10 +598,11 @@ def _load_text(before: list[float] | None, after: list[float] | None) -> str:
     return f" (machine load {before[0]:.1f} -> {after[0]:.1f})"
 
 
-def confirm_latency(results: list[CheckResult]) -> CheckResult:
+def confirm_latency(results: list[CheckResult], paired: bool = True) -> CheckResult:
     """The gate's answer over a first candidate run and its confirmation runs: regressed only when every run
-    regressed (a neighbour's burst is transient), a pass as soon as one run rules the slowdown out, too noisy
-    to judge otherwise."""
+    regressed (a neighbour's burst is transient); paired, a pass as soon as one run rules the slowdown out;
+    sequential, a later run's pass after a first run that did not pass says the drift between runs is as large
+    as the slowdown to rule out, so it is too noisy to judge; too noisy otherwise."""
     first, rest = results[0], results[1:]
     verdicts = [r.evidence.get("verdict", "pass" if r.ok else "regressed") for r in results]
     confirmations = [r.to_json() for r in rest]
@@ -609,6 +614,10 @@ def confirm_latency(results: list[CheckResult]) -> CheckResult:
         return CheckResult(False, f"{first.summary} (confirmed by {runs})", {**extra, "verdict": "regressed"},
                            first.warnings)
     cleared = next((r for r, v in zip(results, verdicts, strict=True) if v == "pass"), None)
+    if cleared is not None and not paired:
+        summary = (f"too noisy to judge latency: the runs disagree (the first said: {first.summary}; then: "
+                   f"{cleared.summary}); two runs of the candidate differ as much as the slowdown to rule out")
+        return CheckResult(False, summary, {**extra, "verdict": "too noisy"}, (summary,))
     if cleared is not None:
         return CheckResult(True, f"not confirmed: {cleared.summary} (the first candidate run said: {first.summary})",
                            {**extra, "verdict": "pass"}, first.warnings)
@@ -707,7 +716,7 @@ def judge_latency(first: tuple[LoadRun, LoadRun], again: Callable[[int], tuple[L
         if results[-1].evidence["verdict"] in ("pass", "no data"):
             break
         results.append(compare_latency(*again(i), policy, paired=paired))
-    return confirm_latency(results)
+    return confirm_latency(results, paired)
 
 
 def shift_interval(a: list[float], b: list[float], alpha: float, cap: int = 1500) -> dict[str, float]:

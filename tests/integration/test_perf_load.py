@@ -213,7 +213,9 @@ def test_paired_gate_from_baseline_url_passes_the_same_build(start, tmp_path):
     live, candidate = start("v1"), start("v1")
     config = write_config(tmp_path, candidate, f'baseline_url = "{live.base_url}"')
     run_dir = tmp_path / "run"
-    run_dir.mkdir()  # no pre-gates: the paired comparison needs no baseline run
+    assert gates("pre", config, run_dir).returncode == 0
+    steady = outcomes(run_dir, "pre")["test_baseline_steady_enough_to_judge"]
+    assert steady["outcome"] == "skipped" and steady["message"].startswith("paired comparison configured")
     post = gates("post", config, run_dir)
     assert (run_dir / "gates-post.json").exists(), post.stdout + post.stderr
     latency = outcomes(run_dir, "post")["test_no_latency_regression"]

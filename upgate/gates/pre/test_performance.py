@@ -27,9 +27,12 @@ def read_pids(pidfile):
 def measured_baseline(load_profile, target_pidfile, run_dir, baseline_dir, config) -> tuple[LoadRun, CheckResult]:
     perf = config.performance
     pids = read_pids(target_pidfile) if target_pidfile and target_pidfile.exists() else []
+    # With an old version kept beside the new one, the post-gate compares in the same seconds: the baseline
+    # serves the resource comparison and the chart, and is not re-measured for its spread.
+    retries = 0 if perf.baseline_url else perf.baseline_retries
     try:
-        run, steadiness = measure_baseline(load_profile, run_dir.path / "perf", perf.latency_policy(),
-                                           perf.baseline_retries, pids=pids)
+        run, steadiness = measure_baseline(load_profile, run_dir.path / "perf", perf.latency_policy(), retries,
+                                           pids=pids)
     except LoadRunFailed as exc:
         pytest.fail(str(exc), pytrace=False)
     (baseline_dir / "perf.json").write_text(json.dumps({**run.to_json(), "steadiness": steadiness.to_json()}) + "\n",
@@ -55,6 +58,9 @@ def test_baseline_load_recorded(baseline_run, config, evidence):
 def test_baseline_steady_enough_to_judge(measured_baseline, config, evidence):
     _, steadiness = measured_baseline
     evidence("baseline-steadiness", steadiness)
+    if config.performance.baseline_url:
+        pytest.skip("paired comparison configured ([performance] baseline_url): the post-gate loads both versions "
+                    f"in the same seconds; this baseline's spread is recorded only ({steadiness.summary})")
     if not steadiness.ok and config.performance.when_too_noisy == "warn":
         pytest.skip(f"{steadiness.summary}; the post-gate still fails a slowdown beyond this noise "
                     "([performance] when_too_noisy = \"fail\" blocks the upgrade instead)")

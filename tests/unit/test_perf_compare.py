@@ -103,6 +103,17 @@ def test_lucky_fast_stretch_in_the_baseline_is_too_noisy_not_a_regression():
     assert result.warnings and result.warnings[0] == result.summary
 
 
+def test_fast_first_half_of_the_baseline_is_not_a_slowdown_of_the_candidate():
+    # bench/perf.py met this on a quiet machine: the baseline's windows 2x apart (a fast stretch), the candidate
+    # steadily at the usual speed, 1.5x its baseline's average and above its slowest window. The old version's
+    # own windows already varied 2x: a ratio whose low end is under that is not called a regression.
+    base = make_run(drift=[0.5] * 6 + [1.0] * 4, sigma=0.2)
+    result = compare_latency(base, make_run(scale=1.2, seed=9, sigma=0.2), LatencyPolicy())
+    row = result.evidence["endpoints"]["GET /logs"]
+    assert row["windows"]["ratio_low"] > 1.25 and row["windows"]["baseline_spread"] > row["windows"]["ratio_low"]
+    assert verdict(result) == "too noisy", result.summary
+
+
 def test_slowdown_beyond_the_noise_still_fails_on_a_noisy_baseline():
     drift = [0.8, 1.0, 1.2, 0.9, 1.1, 0.8, 1.0, 1.2, 0.9, 1.1]
     result = compare_latency(make_run(drift=drift), make_run(scale=4.0, seed=7, drift=drift[::-1]), LatencyPolicy())

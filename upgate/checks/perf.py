@@ -490,8 +490,10 @@ def compare_latency(baseline: LoadRun, candidate: LoadRun, policy: LatencyPolicy
 
     Sequential runs (measured at different times): the machine's drift between them is invisible to the samples,
     so the windows are the unit of replication; the window-level interval (Welch, on log medians) decides both
-    ways, and a regression must clear `1 + max_regression` at its low end too and be slower, in its typical
-    window, than the baseline's slowest window (beyond the spread the old version showed). Paired runs (`run_paired`, the
+    ways: a regression's low end must clear both `1 + max_regression` and the spread of the baseline's own
+    windows (slowest / fastest: a lucky fast stretch in the baseline is not a slowdown of the candidate), and a
+    pass's high end must rule out `rule_out` with the candidate's typical window no slower than the baseline's
+    slowest. Paired runs (`run_paired`, the
     same load to both in the same seconds): drift weighs on both alike and the samples' interval decides; the
     per-window ratios must agree on average (no single burst). The verdict (evidence["verdict"]) is "pass",
     "regressed" or "too noisy"; ok only for "pass"."""
@@ -521,9 +523,8 @@ def compare_latency(baseline: LoadRun, candidate: LoadRun, policy: LatencyPolicy
             beyond_spread, high = True, shift["ratio_high"]
         elif paired:
             beyond_spread, high = windows["ratio"] > policy.regression_ratio, shift["ratio_high"]
-        else:  # ... and slower, typically, than the baseline's slowest window
-            beyond_spread = (windows["ratio_low"] > policy.regression_ratio
-                             and windows["candidate_typical_ms"] > windows["baseline_slowest_ms"])
+        else:  # ... and above the spread of the baseline's own windows (slowest / fastest)
+            beyond_spread = windows["ratio_low"] > max(policy.regression_ratio, windows["baseline_spread"])
             high = windows["ratio_high"]
         shift_effect = (shift["ms_low"] > policy.min_delta_ms and shift["ratio_low"] > policy.regression_ratio
                         and beyond_spread)

@@ -205,6 +205,8 @@ def capacity(host: str, pids: list[int], folder: Path) -> None:
 
 
 def report(tally: Tally, args: argparse.Namespace, minutes: float) -> None:
+    if not tally.gate_s:
+        return
     aa = tally.verdicts.get("A/A", [])
     print(f"{tally.mode}: {minutes:.1f} min, machine load (1 min) during the verdicts: min "
           f"{min(tally.loads):.2f}, median {statistics.median(tally.loads):.2f}, max {max(tally.loads):.2f}")

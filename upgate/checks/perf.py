@@ -512,8 +512,8 @@ def compare_latency(baseline: LoadRun, candidate: LoadRun, policy: LatencyPolicy
         ratios = [float(y / x) if x > 0 else float("inf") for x, y in zip(pa, pb, strict=True)]
         shift = shift_interval(a, b, policy.alpha)
         tail = p95_interval(a, b, policy.alpha)
-        windows = window_ratio(window_medians(baseline, name, policy.windows),
-                               window_medians(candidate, name, policy.windows), policy.alpha, paired)
+        base_windows = window_medians(baseline, name, policy.windows)
+        windows = window_ratio(base_windows, window_medians(candidate, name, policy.windows), policy.alpha, paired)
         if windows is None and not paired:
             notes.append(f"{name}: too few windows with samples: judged on the samples alone")
         # The effect must hold at the low end of its confidence interval, not only at the point estimate,
@@ -531,9 +531,14 @@ def compare_latency(baseline: LoadRun, candidate: LoadRun, policy: LatencyPolicy
         tail_effect = (policy.max_p95_regression is not None and tail["ms_low"] > policy.min_delta_ms
                        and tail["ratio_low"] > 1 + policy.max_p95_regression)
         regressed = bool(u.pvalue < policy.alpha and (shift_effect or tail_effect))
-        # Sequential: a pass must also sit within the old version's own spread (its typical window no slower
-        # than the baseline's slowest), the counterpart of a regression having to exceed it.
-        within_spread = windows is None or paired or windows["candidate_typical_ms"] <= windows["baseline_slowest_ms"]
+        # Sequential: a pass needs a baseline steady enough to have caught the rule-out slowdown at all, and
+        # must sit within the old version's own spread (its typical window no slower than the baseline's
+        # slowest), the counterpart of a regression having to exceed it. Without both, drift between the two
+        # runs could hide a real slowdown.
+        resolves = None if paired else resolvable_ratio(base_windows, policy)
+        within_spread = windows is None or paired or (
+            windows["candidate_typical_ms"] <= windows["baseline_slowest_ms"]
+            and (resolves is None or resolves <= policy.rule_out_ratio))
         cleared = ((high < policy.rule_out_ratio and within_spread)
                    or float(pa[0]) * (high - 1) < policy.min_delta_ms)
         verdict: Verdict = "regressed" if regressed else "pass" if cleared else "too noisy"
@@ -543,6 +548,7 @@ def compare_latency(baseline: LoadRun, candidate: LoadRun, policy: LatencyPolicy
             "ratio": {"p50": _r(ratios[0]), "p95": _r(ratios[1]), "p99": _r(ratios[2])},
             "mann_whitney_u": float(u.statistic), "p_value": float(u.pvalue),
             "shift": shift, "p95_change": tail, "windows": windows, "ruled_out_up_to": _r(high),
+            "baseline_resolves": _r(resolves),
             "verdict": verdict, "regressed": regressed,
             "why": ("typical latency" if shift_effect else "") + (" and " if shift_effect and tail_effect else "")
                    + ("p95" if tail_effect else ""),
@@ -553,6 +559,8 @@ def compare_latency(baseline: LoadRun, candidate: LoadRun, policy: LatencyPolicy
                           f"{_ms(pb[1])} (x{ratios[1]:.2f}), shift +{shift['ms']:.1f} ms (at least "
                           f"+{shift['ms_low']:.1f}){spread}, Mann-Whitney p={u.pvalue:.1e}")
         elif verdict == "too noisy":
+            if resolves is not None and resolves > policy.rule_out_ratio:
+                spread += f" (the baseline resolves x{resolves:.2f} at best)"
             unsure.append(f"{name}: p50 {_ms(pa[0])} -> {_ms(pb[0])} (x{ratios[0]:.2f}){spread}, shift at least "
                           f"{shift['ms_low']:+.1f} ms: a slowdown up to x{high:.2f} would not be seen (x"
                           f"{policy.rule_out_ratio:.2f} must be ruled out; a regression is above "
@@ -627,31 +635,39 @@ def confirm_latency(results: list[CheckResult], paired: bool = True) -> CheckRes
     return CheckResult(False, summary, {**extra, "verdict": "too noisy"}, (summary,))
 
 
+def resolvable_ratio(window_p50s: list[float], policy: LatencyPolicy) -> float | None:
+    """The smallest slowdown a sequential comparison against these baseline windows could call a regression,
+    assuming the candidate is as noisy: its window-level interval, exp(+-t * sd * sqrt(2 / windows)) wide,
+    must clear both `1 + max_regression` and the windows' own spread (slowest / fastest). None: < 2 windows."""
+    meds = np.asarray(window_p50s, dtype=float)
+    meds = meds[np.isfinite(meds)]
+    if len(meds) < 2:
+        return None
+    logs = np.log(meds)
+    half = float(student_t.ppf(1 - policy.alpha, 2 * len(logs) - 2)) * float(logs.std(ddof=1)) * np.sqrt(2 / len(logs))
+    return max(policy.regression_ratio, float(meds.max() / meds.min())) * float(np.exp(half))
+
+
 def baseline_steadiness(run: LoadRun, policy: LatencyPolicy) -> CheckResult:
-    """Do the baseline's own windows agree well enough to tell `rule_out` apart from no change? Assuming the
-    candidate is as noisy, the window-level interval is exp(+-t * sd * sqrt(2 / windows)) wide; the smallest
-    slowdown the gate can confirm is `1 + max_regression` times that, and it must not exceed the rule-out."""
+    """Do the baseline's own windows agree well enough that a `rule_out` slowdown could be told from no change
+    (resolvable_ratio at most `1 + rule_out`)? Endpoints so fast that even that slowdown stays under
+    min_delta_ms are left out: they are never judged a regression."""
     rows: dict[str, Any] = {}
     noisy: list[str] = []
     for name in sorted(run.samples):
         ms = run.samples[name]
-        meds = np.asarray(window_medians(run, name, policy.windows))
-        meds = meds[np.isfinite(meds)] if len(meds) else meds
-        if len(ms) < policy.min_samples or len(meds) < 2:
+        meds = [m for m in window_medians(run, name, policy.windows) if np.isfinite(m)]
+        resolvable = resolvable_ratio(meds, policy)
+        if len(ms) < policy.min_samples or resolvable is None:
             continue
-        p50 = float(np.median(ms))
-        if p50 * (policy.rule_out_ratio - 1) < policy.min_delta_ms:
-            continue  # even the rule-out slowdown is under min_delta_ms here: never judged a regression
-        logs = np.log(meds)
-        sd = float(logs.std(ddof=1))
-        df = 2 * len(logs) - 2
-        half = float(student_t.ppf(1 - policy.alpha, df)) * sd * np.sqrt(2 / len(logs))
-        resolvable = policy.regression_ratio * float(np.exp(half))
-        rows[name] = {"window_p50_ms": [_r(x) for x in meds], "spread": _r(meds.max() / meds.min()),
-                      "sd_log": _r(sd), "resolvable_ratio": _r(resolvable), "steady": resolvable <= policy.rule_out_ratio}
+        if float(np.median(ms)) * (policy.rule_out_ratio - 1) < policy.min_delta_ms:
+            continue
+        low, high = min(meds), max(meds)
+        rows[name] = {"window_p50_ms": [_r(x) for x in meds], "spread": _r(high / low),
+                      "resolvable_ratio": _r(resolvable), "steady": resolvable <= policy.rule_out_ratio}
         if resolvable > policy.rule_out_ratio:
-            noisy.append(f"{name}: window p50 {meds.min():.1f}-{meds.max():.1f} ms (x{meds.max() / meds.min():.2f} "
-                         f"apart): resolves x{resolvable:.2f} at best")
+            noisy.append(f"{name}: window p50 {low:.1f}-{high:.1f} ms (x{high / low:.2f} apart): resolves "
+                         f"x{resolvable:.2f} at best")
     evidence = {"endpoints": rows, "windows": policy.windows, "load_avg": run.load_avg,
                 "window_s": run.window_s, "rule_out_ratio": policy.rule_out_ratio}
     load = f" (machine load {run.load_avg[0]:.1f})" if run.load_avg else ""

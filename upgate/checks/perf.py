@@ -1,23 +1,27 @@
-"""Is it as fast as before? A Locust load run against the target, and its comparison with a baseline run.
+"""Is it as fast as before? Locust load runs against the target, and their comparison: pass, regressed, or too
+noisy to judge.
 
-    >>> profile = LoadProfile(host="http://127.0.0.1:8080", users=10, rate_per_user=10, duration_s=5)
-    >>> baseline = run_load(profile, Path("reports/runs/x/perf"), "baseline", pids=[4242])   # doctest: +SKIP
-    >>> candidate = run_load(profile, Path("reports/runs/x/perf"), "candidate", pids=[4243])  # doctest: +SKIP
-    >>> compare_latency(baseline, candidate, LatencyPolicy()).summary                       # doctest: +SKIP
-    'GET /logs/{id}: p50 1.9 -> 14.2 ms (x7.47), p95 3.1 -> 17.0 ms, Mann-Whitney p=1e-300: slower'
+    >>> profile = LoadProfile(host="http://127.0.0.1:8080", users=10, rate_per_user=10, duration_s=10)
+    >>> runs = run_paired(profile, Path("reports/runs/x/perf"), "candidate",                  # doctest: +SKIP
+    ...                   {"live": "http://127.0.0.1:8080", "candidate": "http://127.0.0.1:8081"})
+    >>> compare_latency(runs["live"], runs["candidate"], LatencyPolicy(), paired=True).summary  # doctest: +SKIP
+    'latency regressed on 2 of 4 endpoints: GET /logs: p50 2.2 ms -> 3.4 ms (x1.55), ... Mann-Whitney p=3e-40'
 
 Locust runs in a child process (`loadtests/runner.py`): importing it monkey-patches the interpreter with
-gevent, which must never happen in a pytest or wrapper process. The child returns raw latency samples;
-percentiles, throughput and error rates are computed here from those samples, in the same way for the
-local runner and for master/worker mode. While the child measures, this process samples the target's
-CPU time and memory (psutil) for the resource-impact comparison.
+gevent, which must never happen in a pytest or wrapper process. The child returns raw latency samples, each
+with its offset in the window; percentiles, throughput and error rates are computed here from those samples,
+in the same way for the local runner and for master/worker mode. While the child measures, this process
+samples the target's CPU time and memory (psutil) for the resource-impact comparison, and notes the machine's
+load average.
 
-A latency regression must be both statistically significant (one-sided Mann-Whitney U on the samples,
-as automated canary analysis does) and large enough to matter at the low end of its confidence interval
-(the Hodges-Lehmann shift, in ms and as a ratio): on a busy machine two runs of the same build differ
-with p < 1e-6 (bench/perf.py), so significance alone would flap. p95/p99 are reported and held to
-absolute limits; judging the p95 change against the baseline is opt-in (`max_p95_regression`) because
-between-run tail noise on a shared 2-core host exceeds a 3x slowdown's tail change.
+A latency regression must be statistically significant (one-sided Mann-Whitney U on the samples, as
+automated canary analysis does), large enough to matter at the low end of its confidence interval (the
+Hodges-Lehmann shift, in ms and as a ratio), and beyond the machine's drift: paired runs (both versions in
+the same seconds) cancel it; sequential runs (the candidate minutes after its baseline) cannot see it in
+their samples, so they are judged window by window against the spread of the baseline's own windows. A
+pass must rule a `rule_out` slowdown out at the high end of the same interval; anything between is "too
+noisy" and says so with its figures, never a silent pass. p95/p99 are reported and held to absolute
+limits; judging the p95 change against the baseline is opt-in (`max_p95_regression`).
 """
 
 from __future__ import annotations
@@ -492,11 +496,11 @@ def compare_latency(baseline: LoadRun, candidate: LoadRun, policy: LatencyPolicy
     so the windows are the unit of replication; the window-level interval (Welch, on log medians) decides both
     ways: a regression's low end must clear both `1 + max_regression` and the spread of the baseline's own
     windows (slowest / fastest: a lucky fast stretch in the baseline is not a slowdown of the candidate), and a
-    pass's high end must rule out `rule_out` with the candidate's typical window no slower than the baseline's
-    slowest. Paired runs (`run_paired`, the
-    same load to both in the same seconds): drift weighs on both alike and the samples' interval decides; the
-    per-window ratios must agree on average (no single burst). The verdict (evidence["verdict"]) is "pass",
-    "regressed" or "too noisy"; ok only for "pass"."""
+    pass's high end must rule out `rule_out`, from a baseline steady enough to have resolved it, with the
+    candidate's typical window no slower than the baseline's slowest. Paired runs (`run_paired`, the same load
+    to both in the same seconds): drift weighs on both alike and the samples' interval decides; the per-window
+    ratios must agree on average (no single burst). The verdict (evidence["verdict"]) is "pass", "regressed",
+    "too noisy" or "no data"; ok only for "pass"."""
     rows: dict[str, Any] = {}
     slower: list[str] = []
     unsure: list[str] = []

@@ -13,11 +13,14 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from upgate.errors import ConfigError
+
+if TYPE_CHECKING:
+    from upgate.checks.perf import LatencyPolicy
 
 DEFAULT_NAME = "upgate.toml"
 
@@ -405,11 +408,16 @@ class PerformanceConfig(Section):
     locustfile: Path | None = None
     user_classes: list[str] = []
     host: str | None = None  # default: [app] base_url
+    # The old version kept running beside the new one (e.g. a blue-green's live side): the post-gate then loads
+    # both at once and compares them pairwise. A deploy step's `targets.json` in the run folder wins over it.
+    baseline_url: str | None = None
     users: int = Field(default=10, ge=1)
     spawn_rate: float = Field(default=10.0, gt=0)
     rate_per_user: float = Field(default=10.0, ge=0)  # req/s per user (constant_throughput); 0: the file's wait
     warmup_s: float = Field(default=2.0, ge=0)
-    duration_s: float = Field(default=5.0, gt=0)
+    duration_s: float = Field(default=10.0, gt=0)
+    # Each run is cut into this many windows: their spread is the run-to-run noise a regression must exceed.
+    windows: int = Field(default=10, ge=2, le=100)
     # Master/worker mode: worker processes on this machine, plus hosts whose workers connect to the master.
     workers: int = Field(default=0, ge=0, le=64)
     remote_workers: list[str] = []
@@ -422,11 +430,16 @@ class PerformanceConfig(Section):
     pidfile: Path | None = None  # the target's process for resource impact; default: [deploy] pidfile
     # Comparison with the baseline run.
     alpha: float = Field(default=0.01, gt=0, lt=1)
-    max_latency_regression: float = Field(default=1.0, ge=0)  # typical latency more than 2x slower ...
-    max_p95_regression: float | None = Field(default=None, ge=0)  # opt-in: judge p95 against the baseline too
-    min_latency_delta_ms: float = Field(default=5.0, ge=0)  # ... and by more than this, at the interval's low end
+    max_latency_regression: float = Field(default=0.25, ge=0)  # typical latency more than 1.25x slower ...
+    min_latency_delta_ms: float = Field(default=0.5, ge=0)  # ... and by more than this, at the intervals' low end
+    # A pass must rule out this slowdown at the interval's high end (default: 2 x max_latency_regression, 1.5x);
+    # when it cannot, the verdict is "too noisy to judge".
+    rule_out_regression: float | None = Field(default=None, gt=0)
+    when_too_noisy: Literal["warn", "fail"] = "warn"  # warn: the gate is skipped with the figures; fail: it fails
+    baseline_retries: int = Field(default=1, ge=0, le=5)  # re-measure a baseline whose windows disagree
+    max_p95_regression: float | None = Field(default=None, ge=0)  # opt-in: judge the p95 change by its bound too
     min_samples: int = Field(default=20, ge=3)
-    confirm_runs: int = Field(default=1, ge=0, le=5)  # more candidate runs that must also regress before it fails
+    confirm_runs: int = Field(default=1, ge=0, le=5)  # more candidate runs while the answer is not a pass
     max_throughput_drop: float = Field(default=0.3, ge=0, le=1)
     max_cpu_regression: float = Field(default=1.0, ge=0)
     max_memory_growth: float = Field(default=0.5, ge=0)
@@ -437,6 +450,30 @@ class PerformanceConfig(Section):
     min_rps: float | None = Field(default=None, gt=0)
     max_target_cpu_percent: float | None = Field(default=None, gt=0)
     max_system_memory_percent: float | None = Field(default=None, gt=0, le=100)
+
+    @model_validator(mode="after")
+    def _rule_out_above_threshold(self) -> PerformanceConfig:
+        if self.rule_out_regression is not None and self.rule_out_regression <= self.max_latency_regression:
+            raise ValueError(f"performance.rule_out_regression ({self.rule_out_regression:g}) must be above "
+                             f"performance.max_latency_regression ({self.max_latency_regression:g}): a pass rules out "
+                             "a slowdown larger than the one that fails")
+        return self
+
+    @field_validator("baseline_url")
+    @classmethod
+    def _http(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("expected the http(s) URL of the old version")
+        return v
+
+    def latency_policy(self) -> LatencyPolicy:
+        """The comparison settings as the checks take them."""
+        from upgate.checks.perf import LatencyPolicy
+
+        return LatencyPolicy(alpha=self.alpha, max_regression=self.max_latency_regression,
+                             min_delta_ms=self.min_latency_delta_ms, rule_out=self.rule_out_regression,
+                             min_samples=self.min_samples, windows=self.windows,
+                             max_p95_regression=self.max_p95_regression)
 
 
 class AppConfigFileSpec(Section):

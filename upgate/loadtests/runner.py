@@ -10,7 +10,12 @@ target's CPU and memory between the two). Samples from the warm-up are dropped.
 
 Spec keys: host, locustfile, user_classes, users, spawn_rate, rate_per_user, warmup_s, duration_s,
 local_workers, expect_workers, master_bind_host, master_host, master_port, worker_timeout_s,
-worker_commands, cpus, csv_prefix, out.
+worker_commands, cpus, csv_prefix, out, and optionally targets ({label: url}).
+
+With `targets`, every user class runs once per target at the same time (`users` users each), so two
+versions get the same load in the same seconds; samples come back per target
+(`{"targets": {label: endpoints}}`). Every sample keeps its offset from the window's start (`t`, s),
+so the parent can cut the window into segments.
 """
 # ruff: noqa: I001  (locust first: importing it monkey-patches the interpreter with gevent)
 
@@ -24,6 +29,7 @@ import importlib.util
 import inspect
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -31,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
-from locust import User, constant_throughput
+from locust import User
 from locust.env import Environment
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
@@ -66,24 +72,57 @@ def load_user_classes(locustfile: str, names: list[str]) -> list[type[User]]:
     return found
 
 
+Sample = tuple[float, str, float, bool, str]  # (wall time it ended, name, ms, failed, target label)
+TARGET_KEY = "upgate_target"
+
+
 class Recorder:
-    """Every request's latency, by request name, stamped with the wall time it ended."""
+    """Every request's latency, by request name and target, stamped with the wall time it ended."""
 
     def __init__(self) -> None:
-        self.samples: list[tuple[float, str, float, bool]] = []
+        self.samples: list[Sample] = []
         self.errors: dict[str, int] = {}
 
     def on_request(self, request_type: str, name: str, response_time: float, exception: Any = None,
-                   **_: Any) -> None:
+                   context: dict[str, Any] | None = None, **_: Any) -> None:
         key = name if name.startswith(request_type + " ") else f"{request_type} {name}"
-        self.samples.append((time.time(), key, float(response_time), exception is not None))
+        target = str((context or {}).get(TARGET_KEY, ""))
+        self.samples.append((time.time(), key, float(response_time), exception is not None, target))
         if exception is not None:
-            message = f"{key}: {type(exception).__name__}: {str(exception)[:200]}"
+            message = f"{target + ': ' if target else ''}{key}: {type(exception).__name__}: {str(exception)[:200]}"
             self.errors[message] = self.errors.get(message, 0) + 1
 
-    def drain(self) -> list[tuple[float, str, float, bool]]:
+    def drain(self) -> list[Sample]:
         taken, self.samples = self.samples, []
         return taken
+
+
+def poisson_throughput(rate: float) -> Any:
+    """A wait_time giving `rate` task starts per second per user, at random (Poisson) moments. Locust's
+    constant_throughput locks every user to the phase it was spawned at for the whole run: when the phases happen
+    to bunch, requests arrive in bursts and queue, and one run measures 2-3x the latency of the next on the
+    same build. Random arrivals offer the same load without a run-long pattern."""
+
+    def wait_time(user: User) -> float:
+        now = time.monotonic()
+        due = max(getattr(user, "_upgate_due", now), now - 1 / rate) + random.expovariate(rate)
+        user._upgate_due = due  # type: ignore[attr-defined]
+        return max(0.0, due - now)
+
+    return wait_time
+
+
+def per_target(classes: list[type[User]], targets: dict[str, str]) -> list[type[User]]:
+    """One copy of every user class per target, pointed at it and tagging its requests with the label."""
+    copies: list[type[User]] = []
+    for label, url in targets.items():
+        for cls in classes:
+            def context(self: User, _label: str = label, _base: Any = cls.context) -> dict[str, Any]:
+                return {**_base(self), TARGET_KEY: _label}
+
+            copies.append(type(f"{cls.__name__}_{label}", (cls,), {"host": url, "context": context,
+                                                                      "__module__": cls.__module__}))
+    return copies
 
 
 def make_environment(spec: dict[str, Any]) -> Environment:
@@ -91,7 +130,9 @@ def make_environment(spec: dict[str, Any]) -> Environment:
     rate = float(spec.get("rate_per_user") or 0)
     if rate > 0:
         for cls in classes:
-            cls.wait_time = constant_throughput(rate)
+            cls.wait_time = poisson_throughput(rate)
+    if spec.get("targets"):  # each copy keeps its own host: Locust lets the environment's host override them all
+        return Environment(user_classes=per_target(classes, dict(spec["targets"])), host=None)
     return Environment(user_classes=classes, host=spec["host"])
 
 
@@ -116,15 +157,17 @@ def run_worker(spec: dict[str, Any]) -> int:
     return 0
 
 
-def window(samples: list[tuple[float, str, float, bool]], start: float, end: float) -> dict[str, dict[str, Any]]:
+def window(samples: list[Sample], start: float, end: float, target: str = "") -> dict[str, dict[str, Any]]:
+    """The samples of one target that ended inside [start, end], by name: latencies, offsets, failures."""
     by_name: dict[str, dict[str, Any]] = {}
-    for t, name, ms, failed in samples:
-        if start <= t <= end:
-            entry = by_name.setdefault(name, {"ms": [], "failures": 0})
+    for t, name, ms, failed, label in sorted(samples):
+        if start <= t <= end and label == target:
+            entry = by_name.setdefault(name, {"ms": [], "t": [], "failures": 0})
             if failed:
                 entry["failures"] += 1
             else:
                 entry["ms"].append(round(ms, 3))
+                entry["t"].append(round(t - start, 3))
     return by_name
 
 
@@ -180,7 +223,8 @@ def run_main(spec: dict[str, Any], spec_path: str) -> int:
         runner = env.create_local_runner()
         env.events.request.add_listener(recorder.on_request)
 
-    runner.start(int(spec["users"]), float(spec["spawn_rate"]))
+    copies = max(1, len(spec.get("targets") or {}))
+    runner.start(int(spec["users"]) * copies, float(spec["spawn_rate"]) * copies)
     gevent.sleep(float(spec["warmup_s"]))
     env.stats.reset_all()
     start = time.time()
@@ -215,9 +259,13 @@ def run_main(spec: dict[str, Any], spec_path: str) -> int:
             p.kill()
     result.update({
         "window_s": round(end - start, 3), "measure_start": start, "measure_end": end,
-        "endpoints": window(samples, start, end), "errors": errors, "cpu_warning": cpu_warning,
+        "errors": errors, "cpu_warning": cpu_warning,
         "workers": int(spec.get("expect_workers") or 0),
     })
+    if spec.get("targets"):
+        result["targets"] = {label: window(samples, start, end, label) for label in spec["targets"]}
+    else:
+        result["endpoints"] = window(samples, start, end)
     tmp = Path(spec["out"] + ".tmp")
     tmp.write_text(json.dumps(result), encoding="utf-8")
     tmp.replace(spec["out"])

@@ -5,7 +5,8 @@
     ('baseline', 12.4, 5321)
 
 Reading only: the gate decides. Stats are looked for as JSON files (`baseline/perf.json` and `perf/*.json`,
-as gates/*/test_performance.py write them) holding latency samples or Locust's response-time histogram,
+as gates/*/test_performance.py write them; `perf/live.json`, the old version measured beside the candidate by a
+paired post-gate, stands for the baseline when present) holding latency samples or Locust's response-time histogram,
 and as Locust CSV files
 (`*_stats.csv`, `*_stats_history.csv`). Anything absent simply yields nothing, so a run without a
 performance gate gets no latency chart instead of an error.
@@ -44,7 +45,7 @@ class LoadRun:
     def phase(self) -> str:
         """baseline (recorded by the pre-gates) or candidate (the post-gates' run); else the label itself."""
         words = set(re.split(r"[^a-z0-9]+", self.label.lower()))
-        if words & {"baseline", "pre", "before"}:
+        if words & {"baseline", "pre", "before", "live"}:
             return "baseline"
         if words & {"candidate", "post", "after", "current"}:
             return "candidate"
@@ -61,11 +62,13 @@ class LoadRun:
 
 
 def perf_files(run: RunDir) -> list[Path]:
+    """Stats files, the live version's run of a paired comparison first: measured in the same seconds as the
+    candidate, it is the baseline that the post-gate judged against."""
     base = run.path
     found: list[Path] = []
     for pattern in ("baseline/perf*.json", "baseline/perf/**/*.json", "perf/**/*.json"):
         found.extend(p for p in base.glob(pattern) if p.is_file())
-    return sorted(set(found))
+    return sorted(set(found), key=lambda p: (p != base / "perf" / "live.json", p))
 
 
 def locust_csvs(run: RunDir) -> list[Path]:

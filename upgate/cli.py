@@ -147,6 +147,12 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"  integrity tables: {'all' if tables == 'all' else ', '.join(tables)}")
         if tables == "all":
             print(f"  integrity excluded (exclude + extend_exclude): {', '.join(config.integrity.excluded())}")
+    from upgate.extras import EXTRAS, missing_modules, needed_extras
+
+    for extra, asker in needed_extras(config).items():
+        missing = missing_modules(extra)
+        if missing:  # its gates will fail (it was asked for), not skip
+            print(f"  {asker} needs {', '.join(missing)}: {EXTRAS[extra].pip}")
     return 0
 
 
@@ -184,8 +190,10 @@ def _app_config(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from upgate.extras import require
     from upgate.fixtures import demo
 
+    require("embedded", "upgate demo (embedded PostgreSQL and Redis, the reference service)")
     if args.stop:
         demo.stop_served(Path(args.stop))
         return 0

@@ -108,6 +108,16 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 # --- session fixtures ---------------------------------------------------------------------------
 
 
+def need_extra(extra: str, what: str) -> None:
+    """Fail the gate (never skip: the component was configured) with the pip command installing `extra`."""
+    from upgate.extras import MissingExtra, require
+
+    try:
+        require(extra, what)
+    except MissingExtra as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def config(pytestconfig: pytest.Config) -> Config:
     """The validated upgate.toml; a bad file stops the session with one clean error line."""
@@ -300,6 +310,7 @@ def load_profile(config: Config, app: AppConfig) -> LoadProfile:
     perf = config.performance
     if perf is None:
         pytest.skip("performance not configured ([performance])")
+    need_extra("perf", "the performance gates ([performance])")
     return LoadProfile(
         host=perf.host or app.base_url, locustfile=str(perf.locustfile or SHIPPED_LOCUSTFILE),
         user_classes=tuple(perf.user_classes), users=perf.users, spawn_rate=perf.spawn_rate,

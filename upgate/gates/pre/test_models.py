@@ -13,6 +13,7 @@ from upgate.checks.inference import check_compatibility, check_endpoint, check_s
 from upgate.checks.model_compat import check_tensors_match_architecture, check_weights_finite
 from upgate.checks.tokenizers import check_token_ids, check_tokenizer_fits_model
 from upgate.plugin.models import model_folder, prompts_of, run_local, save_endpoint
+from upgate.plugin.pytest_plugin import need_extra
 
 pytestmark = pytest.mark.upgate_component("models")
 
@@ -23,6 +24,7 @@ def candidate(config, model):
     upgrade = config.model_upgrade
     if upgrade is None or upgrade.model != model.name:
         pytest.skip(f"model '{model.name}': no model_upgrade configured for it")
+    need_extra("models", f"[model_upgrade] of model '{model.name}'")
     return upgrade.candidate
 
 

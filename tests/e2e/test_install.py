@@ -117,6 +117,9 @@ def test_cli_and_shipped_pre_gates_work_from_any_folder(base_venv: Path, pg_url:
     ran = {g["nodeid"].split("::")[-1] for g in results["gates"] if g["outcome"] == "passed"}
     assert {"test_database_answers", "test_fingerprint_baseline_captured[orders]",
             "test_schema_snapshot_recorded"} <= ran, ran
+    assert not [g for g in results["gates"] if "test_models" in g["nodeid"] or "test_performance" in g["nodeid"]]
+    assert {"models", "performance", "app"} <= set(results["not_gated"])
+    assert "upgate: not gated" in out
 
 
 def test_configured_component_without_its_extra_fails_with_the_pip_command(base_venv: Path, tmp_path: Path) -> None:

@@ -36,6 +36,8 @@ class PhaseResult:
     counts: dict[str, int] = field(default_factory=dict)
     gates: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    # Families not configured, whose gates were deselected: name -> {"configure": ..., "gates": n}.
+    not_gated: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -97,4 +99,5 @@ def run_gates(phase: str, config: Config, run: RunDir, on_line: Callable[[str, s
         result.counts = data.get("counts", {})
         result.gates = data.get("gates", [])
         result.seconds = data.get("seconds", 0.0)
+        result.not_gated = data.get("not_gated", {})
     return result

@@ -310,6 +310,7 @@ class Pipeline:
             restore=_restore_summary(backup),
             model_upgrade=model.summary() if model else None,
             gated=cfg.gated_components(), models=[m.name for m in cfg.models],
+            not_gated={name: entry["configure"] for r in self.phases.values() for name, entry in r.not_gated.items()},
             deploy=next((s.summary() for s in done if isinstance(s, DeployStep)), None),
         )
         self.run.write_json("summary.json", json.loads(redact(json.dumps(summary.to_json(), default=str))))

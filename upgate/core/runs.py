@@ -201,6 +201,8 @@ class RunSummary:
     deploy: dict[str, Any] | None = None
     gated: dict[str, bool] = field(default_factory=dict)
     models: list[str] = field(default_factory=list)
+    # Gate families left out because not configured (their gates deselected): family -> what to configure.
+    not_gated: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -36,6 +36,7 @@ _run_key = pytest.StashKey[RunDir]()
 _phase_key = pytest.StashKey[str]()
 _started_key = pytest.StashKey[float]()
 _config_key = pytest.StashKey[Config]()
+_not_gated_key = pytest.StashKey[dict[str, dict[str, Any]]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -51,7 +52,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_results_key] = []
     config.stash[_evidence_key] = {}
-    config.addinivalue_line("markers", "upgate_component(name): the component a gate checks (for the report)")
+    config.stash[_not_gated_key] = {}
+    config.addinivalue_line("markers", "upgate_component(*families): the gate families it needs (upgate/plugin/"
+                            "families.py); deselected when one is not configured; the first is its Allure story")
     gating = config.getoption("upgate_config") is not None or any(
         _phase_of(Path(str(a).split("::")[0]).resolve()) for a in config.args)
     if gating:
@@ -75,6 +78,7 @@ def _phase_of(item_path: Path) -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _deselect_unconfigured(config, items)
     explicit = config.getoption("upgate_phase")
     for item in items:
         folder_phase = _phase_of(Path(str(item.path)))
@@ -90,10 +94,55 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(pytest.mark.allure_label(story, label_type="story"))
 
 
+_bad_family_key = pytest.StashKey[str]()
+
+
+def _deselect_unconfigured(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Gates of a family the config leaves out are deselected, not skipped: listed once as "not gated"."""
+    from upgate.plugin.families import FAMILIES, MARKER, UnknownFamily, check_names, unconfigured
+
+    cfg = config.stash.get(_config_key, None)
+    if cfg is None:
+        return
+    keep: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    not_gated = config.stash[_not_gated_key]
+    for item in items:
+        marker = item.get_closest_marker(MARKER)
+        names = [str(a) for a in marker.args] if marker else []
+        try:
+            check_names(names, item.nodeid)
+        except UnknownFamily as exc:
+            item.stash[_bad_family_key] = str(exc)  # fails at setup, naming the marker: never silently run
+            keep.append(item)
+            continue
+        missing = unconfigured(names, cfg)
+        if not missing:
+            keep.append(item)
+            continue
+        dropped.append(item)
+        for name in missing:
+            entry = not_gated.setdefault(name, {"configure": FAMILIES[name].configure, "gates": 0})
+            entry["gates"] += 1
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    not_gated = config.stash.get(_not_gated_key, {})
+    if not_gated:
+        terminalreporter.write_sep("-", "upgate: not gated (not configured; their gates were deselected)")
+        for name, entry in sorted(not_gated.items()):
+            terminalreporter.write_line(f"{name:<22} {entry['gates']:>3} gate(s); to gate it: {entry['configure']}")
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Allure: the phase is a parameter, so a post gate and its re-run proving a rollback are two tests
     in the report (not one test and its retry)."""
+    if _bad_family_key in item.stash:
+        pytest.fail(item.stash[_bad_family_key], pytrace=False)
     phase = item.config.stash.get(_phase_key, None)
     if phase is None or _phase_of(Path(str(item.path))) is None:
         return
@@ -289,7 +338,24 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "counts": counts,
         "seconds": round(time.time() - config.stash.get(_started_key, time.time()), 3),
         "gates": results,
+        "not_gated": config.stash.get(_not_gated_key, {}),
     })
+    _allure_not_gated(config, phase)
+
+
+def _allure_not_gated(config: pytest.Config, phase: str) -> None:
+    """`not.gated.<phase>` in the Allure results' environment.properties (kept beside what is there)."""
+    folder = config.getoption("allure_report_dir", None)
+    not_gated = config.stash.get(_not_gated_key, {})
+    if not folder or not not_gated:
+        return
+    path = Path(folder) / "environment.properties"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    key = f"not.gated.{phase}"
+    lines = [line for line in lines if not line.startswith(key + "=")]
+    lines.append(f"{key}={', '.join(sorted(not_gated))}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 # --- components ---------------------------------------------------------------------------------

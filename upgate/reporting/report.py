@@ -207,6 +207,7 @@ def environment(summary: dict[str, Any], config: Config | None = None) -> dict[s
         "config": str(summary.get("config", "")),
         "config.sha256": str(summary.get("config_sha256") or ""),
         "gated": ", ".join(k for k, v in (summary.get("gated") or {}).items() if v),
+        "not.gated": ", ".join(sorted(summary.get("not_gated") or {})),
     }
     if config is not None:
         if config.database.url:

@@ -42,6 +42,7 @@ def test_baseline_load_recorded(baseline_run, config, evidence):
         f"errors: {dict(list(baseline_run.errors.items())[:3])}")
 
 
+@pytest.mark.upgate_component("performance.process")
 def test_target_resources_sampled(baseline_run, target_pidfile, evidence):
     if target_pidfile is None:
         pytest.skip("target process not configured ([performance] pidfile or [deploy] pidfile)")

@@ -97,7 +97,15 @@ def test_cli_and_shipped_pre_gates_work_from_any_folder(base_venv: Path, pg_url:
         conn.execute("INSERT INTO orders SELECT g, g * 1.5 FROM generate_series(1, 500) g")
     config = tmp_path / "upgate.toml"
     config.write_text(f'[target]\nname = "db-only"\n\n[database]\nurl = "{pg_url}"\n'
-                      f'bin_dir = "{Path(find_pg_tool("pg_dump")).parent}"\n', encoding="utf-8")
+                      f'bin_dir = "{Path(find_pg_tool("pg_dump")).parent}"\n\n'
+                      '[gates]\nextra = ["my-gates"]\n', encoding="utf-8")
+    for phase in ("pre", "post"):
+        mine = tmp_path / "my-gates" / phase / f"test_orders_{phase}.py"
+        mine.parent.mkdir(parents=True)
+        mine.write_text("import pytest\n\n\n@pytest.mark.upgate_component('database')\n"
+                        f"def test_orders_{phase}(db_connect, phase):\n    assert phase == '{phase}'\n"
+                        "    with db_connect() as conn:\n"
+                        "        assert conn.execute('SELECT count(*) FROM orders').fetchone() == (500,)\n")
     elsewhere = tmp_path / "service-repo"
     elsewhere.mkdir()
 
@@ -120,6 +128,15 @@ def test_cli_and_shipped_pre_gates_work_from_any_folder(base_venv: Path, pg_url:
     assert not [g for g in results["gates"] if "test_models" in g["nodeid"] or "test_performance" in g["nodeid"]]
     assert {"models", "performance", "app"} <= set(results["not_gated"])
     assert "upgate: not gated" in out
+    assert [g["source"] for g in results["gates"] if g["nodeid"].endswith("test_orders_pre")] == ["user"]
+
+    post = _run(base_venv, "pytest", "--pyargs", "upgate.gates.post", "--upgate-config", str(config),
+                "--upgate-reports", str(tmp_path / "reports"), "-p", "no:cacheprovider", "-q", cwd=elsewhere)
+    assert post.returncode == 0, (post.stdout + post.stderr)[-4000:]
+    after = json.loads((run / "gates-post.json").read_text())
+    assert after["phase"] == "post"
+    passed = {g["nodeid"].split("::")[-1] for g in after["gates"] if g["outcome"] == "passed"}
+    assert {"test_no_preserved_row_lost[orders]", "test_schema_matches_expected", "test_orders_post"} <= passed
 
 
 def test_configured_component_without_its_extra_fails_with_the_pip_command(base_venv: Path, tmp_path: Path) -> None:

@@ -301,7 +301,7 @@ class Pipeline:
             to_version=cfg.target.to_version, verdict=verdict.value, exit_code=exit_code(verdict), reason=reason,
             started_at=self.started_at.isoformat(timespec="seconds"), seconds=round(time.monotonic() - self.started, 3),
             config=str(cfg.source), config_sha256=_sha256(cfg.source), plan=self.plan, steps=self.records,
-            gates={p: PhaseRecord(r.passed, r.counts, r.failures) for p, r in self.phases.items()},
+            gates={p: PhaseRecord(r.passed, r.counts, r.failures, _user_gates(r)) for p, r in self.phases.items()},
             downtime=downtime.to_json() if downtime else None, downtime_budget_s=cfg.thresholds.max_downtime_s,
             downtime_within_budget=(downtime.downtime_s <= cfg.thresholds.max_downtime_s) if downtime else None,
             rollback=self.rollback_record, rollback_budget_s=cfg.thresholds.max_rollback_s,
@@ -315,6 +315,10 @@ class Pipeline:
         )
         self.run.write_json("summary.json", json.loads(redact(json.dumps(summary.to_json(), default=str))))
         return summary
+
+
+def _user_gates(result: PhaseResult) -> list[dict[str, Any]]:
+    return [{k: g[k] for k in ("nodeid", "outcome", "message")} for g in result.gates if g.get("source") == "user"]
 
 
 def _restore_summary(backup: Step | None) -> dict[str, Any] | None:

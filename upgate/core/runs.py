@@ -169,6 +169,8 @@ class PhaseRecord:
     passed: bool
     counts: dict[str, int]
     failures: list[dict[str, Any]]
+    # The user's own gates ([gates] extra) of this phase: nodeid, outcome, message.
+    user_gates: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass

@@ -47,6 +47,16 @@ def _parser() -> argparse.ArgumentParser:
                       help="the run: its folder, its id under --reports, or 'latest' (default)")
     undo.add_argument("--reports", default="reports", help="folder holding runs/ (default: reports)")
 
+    init = sub.add_parser(
+        "init", help="write a starter upgate.toml from what the database and the app answer",
+        description="Inspect the database (tables, keys, the migration tool's bookkeeping table) and probe the app "
+                    "(health, readiness, metrics endpoints), read REDIS_URL and MONITORING_URL, and write a "
+                    "commented starter config. Never writes over an existing file (exit 2).")
+    init.add_argument("--database-url", help="the database to gate (its password is not written)")
+    init.add_argument("--app-url", help="the app's base URL, e.g. http://127.0.0.1:8000")
+    init.add_argument("--output", "-o", default="upgate.toml", type=Path, help="default: ./upgate.toml")
+    init.add_argument("--name", help="[target] name (default: the output folder's name)")
+
     check = sub.add_parser("check-config", help="validate a config file and print what would be gated")
     check.add_argument("--config", "-c", help="upgate.toml (default: $UPGATE_CONFIG, then ./upgate.toml)")
 
@@ -94,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             return _rollback(args)
         if args.command == "check-config":
             return _check_config(args)
+        if args.command == "init":
+            return _init(args)
         if args.command == "demo":
             return _demo(args)
         if args.command == "config":
@@ -153,6 +165,26 @@ def _check_config(args: argparse.Namespace) -> int:
         missing = missing_modules(extra)
         if missing:  # its gates will fail (it was asked for), not skip
             print(f"  {asker} needs {', '.join(missing)}: {EXTRAS[extra].pip}")
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    import os
+
+    from upgate.init import discover, refuse_existing, render, write_starter
+
+    if not args.database_url and not args.app_url:
+        raise ConfigError("upgate init needs --database-url, --app-url, or both")
+    refuse_existing(args.output)  # before probing anything
+    found = discover(args.database_url, args.app_url, os.environ)
+    name = args.name or args.output.resolve().parent.name or "service"
+    write_starter(args.output, render(found, name))
+    print(f"wrote {args.output}: {len(found.tables)} table(s) gated"
+          + (f", migrations by {found.tool}" if found.tool else "")
+          + (f", app health {found.health_path}" if found.health_path else ""))
+    for note in found.notes:
+        print(f"  note: {note}")
+    print(f"next: upgate check-config --config {args.output}")
     return 0
 
 

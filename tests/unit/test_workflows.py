@@ -36,3 +36,22 @@ def test_deploy_gate_maps_each_exit_code_and_uploads_the_reports():
     assert "allure-results" in paths and "allure-report" in paths
     assert all(s.get("if") == "always()" for s in uploads)
     assert doc["jobs"]["page"]["if"].endswith("== '30'")
+
+
+def test_deploy_gate_installs_upgate_with_the_extras_the_config_needs():
+    doc = load("deploy-gate.yml")
+    env = doc["jobs"]["upgrade"]["env"]
+    assert "UPGATE_EXTRAS" in env and "TORCH_INDEX_URL" in env
+    install = next(s["run"] for s in doc["jobs"]["upgrade"]["steps"] if s.get("name", "").startswith("Install upgate"))
+    assert '[$UPGATE_EXTRAS]' in install and 'pip install "$spec"' in install
+    assert install.index("torch==2.13.0") < install.index('pip install "$spec"')  # the CPU build first
+
+
+def test_readme_and_docs_link_only_inside_the_repository():
+    root = WORKFLOWS.parents[1]
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text()):
+            assert "://" not in target, f"{page.name}: link outside the repository: {target}"
+            assert (page.parent / target).exists(), f"{page.name}: broken link {target}"
+    assert len((root / "README.md").read_text().splitlines()) < 250

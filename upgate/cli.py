@@ -152,7 +152,7 @@ def _check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     print(f"{config.source}: valid")
     for name, on in config.gated_components().items():
-        print(f"  {name:<9} {'gated' if on else 'not configured (its gates are skipped)'}")
+        print(f"  {name:<9} {'gated' if on else 'not configured (not gated: its gates are deselected)'}")
     if config.database.url:
         print(f"  database  {redact(config.database.url)}")
         tables = config.integrity.tables

@@ -487,7 +487,7 @@ class Config(Section):
         return []
 
     def gated_components(self) -> dict[str, bool]:
-        """Which components this config gates; the others' gates are skipped as not configured."""
+        """Which components this config gates; the others are not gated (docs/gates.md)."""
         return {
             "database": self.database.url is not None,
             "app": self.app is not None,

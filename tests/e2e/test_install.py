@@ -138,6 +138,13 @@ def test_cli_and_shipped_pre_gates_work_from_any_folder(base_venv: Path, pg_url:
     passed = {g["nodeid"].split("::")[-1] for g in after["gates"] if g["outcome"] == "passed"}
     assert {"test_no_preserved_row_lost[orders]", "test_schema_matches_expected", "test_orders_post"} <= passed
 
+    reported = _run(base_venv, "upgate", "report", str(run), "--reports", str(tmp_path / "reports"), "--no-html",
+                    "--no-install", cwd=elsewhere)
+    assert reported.returncode == 0, reported.stdout + reported.stderr
+    history = _run(base_venv, "upgate", "history", "--reports", str(tmp_path / "reports"), cwd=elsewhere)
+    assert history.returncode == 0, history.stdout + history.stderr
+    assert "pip install 'upgate[charts]'" in history.stderr  # the chart needs an extra: said, not a traceback
+
 
 def test_configured_component_without_its_extra_fails_with_the_pip_command(base_venv: Path, tmp_path: Path) -> None:
     config = tmp_path / "upgate.toml"

@@ -81,6 +81,15 @@ def _parser() -> argparse.ArgumentParser:
     recover.add_argument("--from", dest="source", metavar="DIR",
                          help="the backup folder (default: the newest emergency-* under backups/)")
     recover.add_argument("--reports", default="reports", help="folder for the recovery's journal (recoveries/)")
+    init = sub.add_parser(
+        "init", help="write a starter upgate.toml from what the database and the app answer",
+        description="Inspect the database (tables, keys, the migration tool's bookkeeping table) and probe the app "
+                    "(health, readiness, metrics endpoints), read REDIS_URL and MONITORING_URL, and write a "
+                    "commented starter config. Never writes over an existing file (exit 2).")
+    init.add_argument("--database-url", help="the database to gate (its password is not written)")
+    init.add_argument("--app-url", help="the app's base URL, e.g. http://127.0.0.1:8000")
+    init.add_argument("--output", "-o", default="upgate.toml", type=Path, help="default: ./upgate.toml")
+    init.add_argument("--name", help="[target] name (default: the output folder's name)")
 
     check = sub.add_parser("check-config", help="validate a config file and print what would be gated")
     check.add_argument("--config", "-c", help="upgate.toml (default: $UPGATE_CONFIG, then ./upgate.toml)")
@@ -142,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             return _backup(args)
         if args.command == "recover":
             return _recover(args)
+        if args.command == "init":
+            return _init(args)
         if args.command == "demo":
             return _demo(args)
         if args.command == "config":
@@ -281,13 +292,39 @@ def _check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     print(f"{config.source}: valid")
     for name, on in config.gated_components().items():
-        print(f"  {name:<9} {'gated' if on else 'not configured (its gates are skipped)'}")
+        print(f"  {name:<9} {'gated' if on else 'not configured (not gated: its gates are deselected)'}")
     if config.database.url:
         print(f"  database  {redact(config.database.url)}")
         tables = config.integrity.tables
         print(f"  integrity tables: {'all' if tables == 'all' else ', '.join(tables)}")
         if tables == "all":
             print(f"  integrity excluded (exclude + extend_exclude): {', '.join(config.integrity.excluded())}")
+    from upgate.extras import EXTRAS, missing_modules, needed_extras
+
+    for extra, asker in needed_extras(config).items():
+        missing = missing_modules(extra)
+        if missing:  # its gates will fail (it was asked for), not skip
+            print(f"  {asker} needs {', '.join(missing)}: {EXTRAS[extra].pip}")
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    import os
+
+    from upgate.init import discover, refuse_existing, render, write_starter
+
+    if not args.database_url and not args.app_url:
+        raise ConfigError("upgate init needs --database-url, --app-url, or both")
+    refuse_existing(args.output)  # before probing anything
+    found = discover(args.database_url, args.app_url, os.environ)
+    name = args.name or args.output.resolve().parent.name or "service"
+    write_starter(args.output, render(found, name))
+    print(f"wrote {args.output}: {len(found.tables)} table(s) gated"
+          + (f", migrations by {found.tool}" if found.tool else "")
+          + (f", app health {found.health_path}" if found.health_path else ""))
+    for note in found.notes:
+        print(f"  note: {note}")
+    print(f"next: upgate check-config --config {args.output}")
     return 0
 
 
@@ -325,11 +362,13 @@ def _app_config(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from upgate.extras import require
     from upgate.fixtures import demo
 
     if args.list:
         print("\n".join(demo.list_scenarios()))
         return 0
+    require("embedded", "upgate demo (embedded PostgreSQL and Redis, the reference service)")
     if args.stop:
         demo.stop_served(Path(args.stop))
         return 0

@@ -398,7 +398,18 @@ class ConfigStepConfig(Section):
 class GatesConfig(Section):
     # Folder holding pre/ and post/; empty: the gates shipped with upgate.
     directory: Path | None = None
+    # The user's own pytest files or folders, run with the shipped gates (docs/writing-gates.md): a folder's
+    # pre/ and post/ run in those phases, anything else in post, unless marked @pytest.mark.upgate_phase(...).
+    extra: list[Path] = []
     extra_pytest_args: list[str] = []
+
+    @field_validator("extra")
+    @classmethod
+    def _extra_exists(cls, paths: list[Path]) -> list[Path]:
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise ValueError(f"no such file or folder: {', '.join(missing)} (paths are relative to the config file)")
+        return paths
 
 
 class PerformanceConfig(Section):
@@ -587,7 +598,7 @@ class Config(Section):
         return []
 
     def gated_components(self) -> dict[str, bool]:
-        """Which components this config gates; the others' gates are skipped as not configured."""
+        """Which components this config gates; the others are not gated (docs/gates.md)."""
         return {
             "database": self.database.url is not None,
             "app": self.app is not None,
@@ -630,7 +641,7 @@ _PATH_KEYS: dict[str, tuple[str, ...]] = {
     "migrate": ("directory", "workdir", "alembic_ini"),
     "deploy": ("pidfile", "workdir"),
     "backup": ("directory",),
-    "gates": ("directory",),
+    "gates": ("directory", "extra"),
     "performance": ("locustfile", "pidfile"),
     "reporting": ("textfile_dir", "audit_log"),
     "compat": ("python", "requirements", "candidate", "app_config[].path", "app_config[].rules"),

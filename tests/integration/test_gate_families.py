@@ -1,5 +1,5 @@
-"""The monitoring, hosts, resources and diagnostics gates as pytest runs them: skipped with the reason when
-not configured, failing with a message naming the component when it is configured and down."""
+"""The monitoring, hosts, resources and diagnostics gates as pytest runs them: deselected and listed as not
+gated when not configured, failing with a message naming the component when it is configured and down."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from upgate.fixtures.reference import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_gates(tmp_path: Path, config: str, *paths: str) -> dict[str, dict]:
+def run_gates(tmp_path: Path, config: str, *paths: str, not_gated: dict | None = None) -> dict[str, dict]:
     cfg = tmp_path / "upgate.toml"
     cfg.write_text(config)
     run = tmp_path / "run"
@@ -23,20 +23,28 @@ def run_gates(tmp_path: Path, config: str, *paths: str) -> dict[str, dict]:
                    cwd=ROOT, capture_output=True, text=True, timeout=300)
     phase = "diagnostics" if "diagnostics" in paths[0] else "pre"
     results = json.loads((run / f"gates-{phase}.json").read_text())
+    if not_gated is not None:
+        not_gated.update(results.get("not_gated", {}))
     return {g["nodeid"].split("::")[-1]: g for g in results["gates"]}
 
 
-def test_unconfigured_components_are_skipped_with_the_reason(tmp_path):
+def test_unconfigured_components_are_not_gated(tmp_path):
+    not_gated: dict = {}
     gates = run_gates(tmp_path, '[target]\nname = "svc"\n', "upgate/gates/pre/test_monitoring.py", "upgate/gates/pre/test_hosts.py",
-                      "upgate/gates/pre/test_resources.py")
-    assert gates["test_redis_answers"]["outcome"] == "skipped"
-    assert "redis not configured" in gates["test_redis_answers"]["message"]
-    assert "prometheus not configured" in gates["test_prometheus_answers"]["message"]
-    assert "app not configured" in gates["test_app_metrics_parse_with_required_names"]["message"]
-    assert "hosts not configured" in gates["test_host_answers[no-hosts]"]["message"]
-    assert "database not configured" in gates["test_backup_location_has_room"]["message"]
-    assert gates["test_memory_and_cpu_headroom"]["outcome"] == "skipped"
-    assert not [name for name, g in gates.items() if g["outcome"] != "skipped"]
+                      "upgate/gates/pre/test_resources.py", not_gated=not_gated)
+    assert gates == {}
+    assert set(not_gated) == {"monitoring", "hosts", "database", "app"}
+    assert not_gated["monitoring"]["configure"] == "[monitoring] or REDIS_URL / MONITORING_URL"
+    assert not_gated["hosts"]["gates"] == 8
+
+
+def test_a_monitoring_section_gates_only_what_it_names(tmp_path, redis_server):
+    not_gated: dict = {}
+    gates = run_gates(tmp_path, f'[target]\nname = "svc"\n\n[monitoring]\nredis_url = "{redis_server}"\n',
+                      "upgate/gates/pre/test_monitoring.py", not_gated=not_gated)
+    assert gates["test_redis_answers"]["outcome"] == "passed"
+    assert set(gates) == {"test_redis_answers"}
+    assert set(not_gated) == {"monitoring.prometheus", "monitoring.metrics", "app"}
 
 
 def test_configured_components_that_are_down_fail_naming_them(tmp_path, redis_server):
@@ -68,7 +76,7 @@ processes = ["no-such-daemon-xyz"]
     assert gates["test_host_answers[box]"]["outcome"] == "passed"
     assert gates["test_expected_ports_listening[box]"]["message"] == f"box: not listening: {dead}"
     assert "no-such-daemon-xyz" in gates["test_expected_processes_running[box]"]["message"]
-    assert "services not configured" in gates["test_expected_services_running[box]"]["message"]
+    assert "test_expected_services_running[box]" not in gates  # no host declares services: not gated
 
 
 def test_diagnostics_gates_attach_evidence(tmp_path, pg_url):

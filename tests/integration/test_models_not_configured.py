@@ -1,4 +1,4 @@
-"""Without [[models]] the model gates skip with the reason, and `pytest gates/pre` never imports torch."""
+"""Without [[models]] the model gates are not gated (deselected, listed once), and `pytest gates/pre` never imports torch."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ print("HEAVY", ",".join(heavy) or "none", "RC", int(rc))
 """
 
 
-def test_pre_gates_without_models_skip_and_never_import_torch(tmp_path):
+def test_pre_gates_without_models_are_not_gated_and_never_import_torch(tmp_path):
     config = tmp_path / "upgate.toml"
     config.write_text('[target]\nname = "svc"\n')
     run_dir = tmp_path / "run"
@@ -27,10 +27,9 @@ def test_pre_gates_without_models_skip_and_never_import_torch(tmp_path):
                            "--upgate-run-dir", str(run_dir), "-q", "-p", "no:cacheprovider"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert "HEAVY none" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
-    gates = json.loads((run_dir / "gates-pre.json").read_text())["gates"]
-    models = [g for g in gates if "test_models.py" in g["nodeid"]]
-    assert models and all(g["outcome"] == "skipped" for g in models)
-    assert all("models not configured" in g["message"] for g in models), models
+    results = json.loads((run_dir / "gates-pre.json").read_text())
+    assert not [g for g in results["gates"] if "test_models.py" in g["nodeid"]]
+    assert results["not_gated"]["models"]["configure"] == "[[models]] with a path and/or an endpoint"
 
 
 def test_models_config_env_override_and_paths(tmp_path):

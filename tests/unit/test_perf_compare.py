@@ -290,10 +290,10 @@ def test_run_round_trips_through_json_without_the_password():
     assert again.times["GET /logs"] == pytest.approx(run.times["GET /logs"])
 
 
-def test_readme_performance_example_is_valid_config(tmp_path):
+def test_docs_performance_example_is_valid_config(tmp_path):
     from upgate.config import load_config
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "performance.md").read_text()
     block = readme.split("```toml\n[performance]\n", 1)[1].split("```", 1)[0]
     path = tmp_path / "upgate.toml"
     path.write_text('[target]\nname = "t"\n[app]\nbase_url = "http://127.0.0.1:1"\n[performance]\n' + block)

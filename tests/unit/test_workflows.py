@@ -68,3 +68,20 @@ def test_demo_step_fails_on_a_wrong_exit_code_and_runs_every_scenario(tmp_path):
     assert done.returncode != 0
     assert "demo destructive exited 0, expected 20" in done.stdout
     assert "blocked exit 10 (expected 10)" in done.stdout  # the scenarios after the wrong one still ran
+def test_deploy_gate_installs_upgate_with_the_extras_the_config_needs():
+    doc = load("deploy-gate.yml")
+    env = doc["jobs"]["upgrade"]["env"]
+    assert "UPGATE_EXTRAS" in env and "TORCH_INDEX_URL" in env
+    install = next(s["run"] for s in doc["jobs"]["upgrade"]["steps"] if s.get("name", "").startswith("Install upgate"))
+    assert '[$UPGATE_EXTRAS]' in install and 'pip install "$spec"' in install
+    assert install.index("torch==2.13.0") < install.index('pip install "$spec"')  # the CPU build first
+
+
+def test_readme_and_docs_link_only_inside_the_repository():
+    root = WORKFLOWS.parents[1]
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text()):
+            assert "://" not in target, f"{page.name}: link outside the repository: {target}"
+            assert (page.parent / target).exists(), f"{page.name}: broken link {target}"
+    assert len((root / "README.md").read_text().splitlines()) < 250

@@ -58,6 +58,8 @@ class PhaseResult:
     seconds: float = 0.0
     #: What went wrong around the gates (the log could not be written, the results file is missing).
     notes: list[str] = field(default_factory=list)
+    # Families not configured, whose gates were deselected: name -> {"configure": ..., "gates": n}.
+    not_gated: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -139,6 +141,7 @@ def run_gates(phase: str, config: Config, run: RunDir, on_line: Callable[[str, s
     result.counts = data.get("counts", {})
     result.gates = data.get("gates", [])
     result.seconds = data.get("seconds", round(time.monotonic() - started, 3))
+    result.not_gated = data.get("not_gated", {})
     return result
 
 

@@ -503,7 +503,7 @@ class Pipeline:
             to_version=cfg.target.to_version, verdict=verdict.value, exit_code=exit_code(verdict), reason=reason,
             started_at=self.started_at.isoformat(timespec="seconds"), seconds=round(time.monotonic() - self.started, 3),
             config=str(cfg.source), config_sha256=_sha256(cfg.source), plan=self.plan, steps=self.records,
-            gates={p: PhaseRecord(r.passed, r.counts, r.failures) for p, r in self.phases.items()},
+            gates={p: PhaseRecord(r.passed, r.counts, r.failures, _user_gates(r)) for p, r in self.phases.items()},
             downtime=downtime.to_json() if downtime else None, downtime_budget_s=cfg.thresholds.max_downtime_s,
             downtime_within_budget=(downtime.downtime_s <= cfg.thresholds.max_downtime_s) if downtime else None,
             rollback=self.rollback_record, rollback_budget_s=cfg.thresholds.max_rollback_s,
@@ -512,6 +512,7 @@ class Pipeline:
             restore=_restore_summary(backup),
             model_upgrade=model.summary() if model else None,
             gated=cfg.gated_components(), models=[m.name for m in cfg.models],
+            not_gated={name: entry["configure"] for r in self.phases.values() for name, entry in r.not_gated.items()},
             deploy=next((s.summary() for s in done if isinstance(s, DeployStep)), None),
             packages=by_name["packages"].summary() if "packages" in by_name else None,
             config_files=by_name["config"].summary() if "config" in by_name else None,
@@ -562,6 +563,10 @@ class _Early:
         if self.step.backup is not None:
             shutil.rmtree(self.step.backup.path, ignore_errors=True)
             self.pipeline.journal.write(self.step.name, "discarded", reason="the pre-gates failed")
+
+
+def _user_gates(result: PhaseResult) -> list[dict[str, Any]]:
+    return [{k: g[k] for k in ("nodeid", "outcome", "message")} for g in result.gates if g.get("source") == "user"]
 
 
 def _restore_summary(backup: Step | None) -> dict[str, Any] | None:

@@ -169,6 +169,8 @@ class PhaseRecord:
     passed: bool
     counts: dict[str, int]
     failures: list[dict[str, Any]]
+    # The user's own gates ([gates] extra) of this phase: nodeid, outcome, message.
+    user_gates: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -203,6 +205,8 @@ class RunSummary:
     config_files: dict[str, Any] | None = None
     gated: dict[str, bool] = field(default_factory=dict)
     models: list[str] = field(default_factory=list)
+    # Gate families left out because not configured (their gates deselected): family -> what to configure.
+    not_gated: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

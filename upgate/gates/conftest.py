@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from upgate.plugin.models import deselect_by_task, parametrize_models
+from upgate.plugin.pytest_plugin import need_extra
 
 
 def pytest_configure(config):
@@ -30,6 +31,7 @@ def model(config, model_name):
 def local_model(model):
     if model.path is None:
         pytest.skip(f"model '{model.name}': local checkpoint not configured (models.path)")
+    need_extra("models", f"model '{model.name}' (a local checkpoint, models.path)")
     return model
 
 

@@ -21,6 +21,7 @@ from upgate.checks.secrets import redact
 from upgate.config import AppConfig, Config, HostConfig, MonitoringConfig, find_config_path, load_config
 from upgate.core.runs import RunDir, resolve_run
 from upgate.errors import ConfigError
+from upgate.plugin.api import app_http, db_connect  # noqa: F401  (the public fixtures, registered with this plugin)
 
 if TYPE_CHECKING:
     from upgate.checks.migrations import Migration
@@ -36,6 +37,9 @@ _run_key = pytest.StashKey[RunDir]()
 _phase_key = pytest.StashKey[str]()
 _started_key = pytest.StashKey[float]()
 _config_key = pytest.StashKey[Config]()
+_not_gated_key = pytest.StashKey[dict[str, dict[str, Any]]]()
+_user_key = pytest.StashKey[set[str]]()  # nodeids of the user's own gates
+_phase_given_key = pytest.StashKey[bool]()  # the phase was given or follows from a shipped phase folder
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -46,14 +50,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--upgate-reports", default="reports", help="reports folder holding runs/ (default: reports)")
     group.addoption("--upgate-phase", default=None, choices=PHASES,
                     help="pre, post or rollback (post gates verifying a rollback against the baseline)")
+    group.addoption("--upgate-no-extra", action="store_true", default=False,
+                    help="run the shipped gates only, without the config's [gates] extra")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_results_key] = []
     config.stash[_evidence_key] = {}
-    config.addinivalue_line("markers", "upgate_component(name): the component a gate checks (for the report)")
-    gating = config.getoption("upgate_config") is not None or any(
-        _phase_of(Path(str(a).split("::")[0]).resolve()) for a in config.args)
+    config.stash[_not_gated_key] = {}
+    config.stash[_user_key] = set()
+    config.addinivalue_line("markers", "upgate_component(*families): the gate families it needs (upgate/plugin/"
+                            "families.py); deselected when one is not configured; the first is its Allure story")
+    config.addinivalue_line("markers", "upgate_phase(*phases): the phases a user gate runs in (pre, post, "
+                            "rollback); default: post, or pre under a pre/ folder")
+    gating = config.getoption("upgate_config") is not None or any(_arg_phase(str(a)) for a in config.args)
     if gating:
         # Validate now, so a bad file is one clean "ERROR:" line instead of an error per gate.
         path = find_config_path(config.getoption("upgate_config"))
@@ -63,6 +73,25 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(str(exc)) from None
         config.stash[_phase_key] = _phase_from_args(config)
         config.stash[_run_key] = _resolve_run_dir(config, config.stash[_phase_key])
+        _add_user_gates(config)
+
+
+def _arg_phase(arg: str) -> str | None:
+    """The phase a command-line argument names: a gates/<phase> path, or upgate.gates.<phase> for --pyargs."""
+    from upgate.plugin.user_gates import dotted_phase
+
+    return dotted_phase(arg) or _phase_of(Path(arg.split("::")[0]).resolve())
+
+
+def _add_user_gates(config: pytest.Config) -> None:
+    """A session running a phase of the shipped gates runs the config's `[gates] extra` too (the same session)."""
+    from upgate.plugin.user_gates import extra_args, runs_a_phase_folder
+
+    cfg, phase = config.stash[_config_key], config.stash[_phase_key]
+    shipped_phase = runs_a_phase_folder(config.args, cfg)
+    config.stash[_phase_given_key] = config.getoption("upgate_phase") is not None or shipped_phase
+    if shipped_phase and phase != "diagnostics" and not config.getoption("upgate_no_extra"):
+        config.args.extend(extra_args(cfg, config.args))
 
 
 def _phase_of(item_path: Path) -> str | None:
@@ -75,12 +104,17 @@ def _phase_of(item_path: Path) -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _select_user_gates(config, items)
+    _deselect_unconfigured(config, items)
     explicit = config.getoption("upgate_phase")
+    users = config.stash.get(_user_key, set())
+    session_phase = config.stash.get(_phase_key, None)
     for item in items:
+        user = item.nodeid in users
         folder_phase = _phase_of(Path(str(item.path)))
-        if folder_phase is None:
+        if folder_phase is None and not user:
             continue
-        phase = explicit or folder_phase
+        phase = explicit or (session_phase if user else folder_phase) or "post"
         family = Path(str(item.path)).stem.removeprefix("test_")
         item.add_marker(pytest.mark.allure_label(phase, label_type="epic"))
         item.add_marker(pytest.mark.allure_label(family, label_type="feature"))
@@ -88,14 +122,94 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         component = item.get_closest_marker("upgate_component")
         story = component.args[0] if component and component.args else family
         item.add_marker(pytest.mark.allure_label(story, label_type="story"))
+        if user:
+            item.add_marker(pytest.mark.allure_label("user gate", label_type="tag"))
+
+
+def _select_user_gates(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Note which items are the user's own gates, and keep those of this phase (silently deselect the others)."""
+    from upgate.plugin.user_gates import MARKER, check_phases, default_phase, is_user_gate
+
+    cfg = config.stash.get(_config_key, None)
+    if cfg is None:
+        return
+    phase = config.stash[_phase_key]
+    users = config.stash[_user_key]
+    keep: list[pytest.Item] = []
+    other_phase: list[pytest.Item] = []
+    for item in items:
+        path = Path(str(item.path))
+        if not is_user_gate(path, cfg):
+            keep.append(item)
+            continue
+        users.add(item.nodeid)
+        marker = item.get_closest_marker(MARKER)
+        try:
+            phases = check_phases(marker.args, item.nodeid) if marker else (default_phase(path, cfg.gates.extra),)
+        except ValueError as exc:
+            item.stash[_bad_family_key] = str(exc)
+            keep.append(item)
+            continue
+        if config.stash.get(_phase_given_key, False) and phase not in phases:
+            other_phase.append(item)
+        else:
+            keep.append(item)
+    if other_phase:
+        config.hook.pytest_deselected(items=other_phase)
+        items[:] = keep
+
+
+_bad_family_key = pytest.StashKey[str]()
+
+
+def _deselect_unconfigured(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Gates of a family the config leaves out are deselected, not skipped: listed once as "not gated"."""
+    from upgate.plugin.families import FAMILIES, MARKER, UnknownFamily, check_names, unconfigured
+
+    cfg = config.stash.get(_config_key, None)
+    if cfg is None:
+        return
+    keep: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    not_gated = config.stash[_not_gated_key]
+    for item in items:
+        marker = item.get_closest_marker(MARKER)
+        names = [str(a) for a in marker.args] if marker else []
+        try:
+            check_names(names, item.nodeid)
+        except UnknownFamily as exc:
+            item.stash[_bad_family_key] = str(exc)  # fails at setup, naming the marker: never silently run
+            keep.append(item)
+            continue
+        missing = unconfigured(names, cfg)
+        if not missing:
+            keep.append(item)
+            continue
+        dropped.append(item)
+        for name in missing:
+            entry = not_gated.setdefault(name, {"configure": FAMILIES[name].configure, "gates": 0})
+            entry["gates"] += 1
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    not_gated = config.stash.get(_not_gated_key, {})
+    if not_gated:
+        terminalreporter.write_sep("-", "upgate: not gated (not configured; their gates were deselected)")
+        for name, entry in sorted(not_gated.items()):
+            terminalreporter.write_line(f"{name:<22} {entry['gates']:>3} gate(s); to gate it: {entry['configure']}")
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Allure: the phase is a parameter, so a post gate and its re-run proving a rollback are two tests
     in the report (not one test and its retry)."""
+    if _bad_family_key in item.stash:
+        pytest.fail(item.stash[_bad_family_key], pytrace=False)
     phase = item.config.stash.get(_phase_key, None)
-    if phase is None or _phase_of(Path(str(item.path))) is None:
+    if phase is None or (_phase_of(Path(str(item.path))) is None and item.nodeid not in item.config.stash[_user_key]):
         return
     try:
         import allure
@@ -106,6 +220,16 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 # --- session fixtures ---------------------------------------------------------------------------
+
+
+def need_extra(extra: str, what: str) -> None:
+    """Fail the gate (never skip: the component was configured) with the pip command installing `extra`."""
+    from upgate.extras import MissingExtra, require
+
+    try:
+        require(extra, what)
+    except MissingExtra as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -125,7 +249,7 @@ def _phase_from_args(config: pytest.Config) -> str:
     if explicit:
         return str(explicit)
     for arg in config.args:
-        found = _phase_of(Path(arg.split("::")[0]).resolve())
+        found = _arg_phase(arg)
         if found:
             return found
     return "pre"
@@ -241,6 +365,7 @@ def _record(config: pytest.Config, report: pytest.TestReport) -> None:
     outcome = "error" if report.failed and report.when != "call" else report.outcome
     config.stash[_results_key].append({
         "nodeid": report.nodeid,
+        "source": "user" if report.nodeid in config.stash.get(_user_key, set()) else "upgate",
         "outcome": outcome,
         "seconds": round(report.duration, 3),
         "message": redact(message),
@@ -279,7 +404,24 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "counts": counts,
         "seconds": round(time.time() - config.stash.get(_started_key, time.time()), 3),
         "gates": results,
+        "not_gated": config.stash.get(_not_gated_key, {}),
     })
+    _allure_not_gated(config, phase)
+
+
+def _allure_not_gated(config: pytest.Config, phase: str) -> None:
+    """`not.gated.<phase>` in the Allure results' environment.properties (kept beside what is there)."""
+    folder = config.getoption("allure_report_dir", None)
+    not_gated = config.stash.get(_not_gated_key, {})
+    if not folder or not not_gated:
+        return
+    path = Path(folder) / "environment.properties"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    key = f"not.gated.{phase}"
+    lines = [line for line in lines if not line.startswith(key + "=")]
+    lines.append(f"{key}={', '.join(sorted(not_gated))}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 # --- components ---------------------------------------------------------------------------------
@@ -300,6 +442,7 @@ def load_profile(config: Config, app: AppConfig) -> LoadProfile:
     perf = config.performance
     if perf is None:
         pytest.skip("performance not configured ([performance])")
+    need_extra("perf", "the performance gates ([performance])")
     return LoadProfile(
         host=perf.host or app.base_url, locustfile=str(perf.locustfile or SHIPPED_LOCUSTFILE),
         user_classes=tuple(perf.user_classes), users=perf.users, spawn_rate=perf.spawn_rate,

@@ -77,12 +77,28 @@ def _report(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _charts_available(asked: str | None) -> bool:
+    """matplotlib (the `charts` extra): a chart asked for by path needs it; the default one is left out, said why."""
+    from upgate.extras import MissingExtra, require
+
+    try:
+        require("charts", "the history chart")
+    except MissingExtra as exc:
+        if asked:
+            raise
+        print(f"upgate: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def _history(args: argparse.Namespace) -> int:
     from upgate.reporting.history import format_table, load_history
 
     reports = Path(args.reports)
     history = load_history(reports, target=args.target, last=args.last, target_rate=args.target_rate)
     chart = None
+    if args.chart != "none" and history.records and not _charts_available(args.chart):
+        args.chart = "none"
     if args.chart != "none" and history.records:
         from upgate.reporting.charts import render_history
 

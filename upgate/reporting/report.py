@@ -152,10 +152,13 @@ def finalize_run(run: RunDir, summary: dict[str, Any], config: Config | None = N
 
 
 def write_charts(run: RunDir, summary: dict[str, Any], load_runs: list[LoadRun]) -> list[Path]:
+    from upgate.extras import require
     from upgate.reporting import charts
 
     out: list[Path] = []
     downtime_file = run.path / "downtime.json"
+    if downtime_file.exists() or load_runs:
+        require("charts", "charts (downtime.json and the perf stats hold the same figures)")
     if downtime_file.exists():
         data = json.loads(downtime_file.read_text(encoding="utf-8"))
         out.append(charts.render_downtime(data, run.path / "charts" / "downtime.png",
@@ -204,6 +207,7 @@ def environment(summary: dict[str, Any], config: Config | None = None) -> dict[s
         "config": str(summary.get("config", "")),
         "config.sha256": str(summary.get("config_sha256") or ""),
         "gated": ", ".join(k for k, v in (summary.get("gated") or {}).items() if v),
+        "not.gated": ", ".join(sorted(summary.get("not_gated") or {})),
     }
     if config is not None:
         if config.database.url:

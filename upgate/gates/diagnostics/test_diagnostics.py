@@ -44,18 +44,21 @@ def test_failed_gates_listed(run_dir, evidence):
     assert result.ok, result.summary
 
 
+@pytest.mark.upgate_component("diagnostics", "database")
 def test_no_long_transaction(conn, config, evidence):
     result = long_transactions(conn, config.diagnostics.long_transaction_s)
     evidence("long_transactions", result)
     assert result.ok, result.summary
 
 
+@pytest.mark.upgate_component("diagnostics", "database")
 def test_no_session_waits_for_a_lock(conn, evidence):
     result = lock_waits(conn)
     evidence("lock_waits", result)
     assert result.ok, result.summary
 
 
+@pytest.mark.upgate_component("diagnostics", "database")
 def test_connection_headroom(conn, evidence):
     result = connection_headroom(conn)
     evidence("connections", result)

@@ -11,7 +11,7 @@ import pytest
 
 from upgate.checks.contract import Contract, compare_recorded, fetch_openapi, sample_endpoint
 
-pytestmark = pytest.mark.upgate_component("app")
+pytestmark = pytest.mark.upgate_component("contract", "app")
 
 
 @pytest.fixture(scope="session")

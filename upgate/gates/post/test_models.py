@@ -60,12 +60,14 @@ def current(local_model, baseline, run_dir, phase):
     return _runs[key]
 
 
+@pytest.mark.upgate_component("models", "models.local")
 def test_model_checkpoint_is_compatible(local_model, evidence):
     result = check_compatibility(local_model.path, name=local_model.name)
     evidence("compatibility", result)
     assert result.ok, result.summary
 
 
+@pytest.mark.upgate_component("models", "models.local")
 def test_model_answers_the_prompt_set(local_model, current, evidence):
     """Every weight came from the checkpoint (the loader's report), finite outputs, an answer per prompt."""
     result = check_smoke(current, local_model.name, local_model.thresholds.max_prompt_latency_s)
@@ -74,6 +76,7 @@ def test_model_answers_the_prompt_set(local_model, current, evidence):
     assert result.ok, result.summary
 
 
+@pytest.mark.upgate_component("models", "models.local")
 @pytest.mark.model_tasks("causal-lm")
 def test_greedy_continuations_match_baseline(local_model, baseline, current, thresholds, evidence):
     result = check_exact_match(baseline.continuations, current.continuations, thresholds.min_exact_match,
@@ -82,6 +85,7 @@ def test_greedy_continuations_match_baseline(local_model, baseline, current, thr
     assert result.ok, result.summary
 
 
+@pytest.mark.upgate_component("models", "models.local")
 @pytest.mark.model_tasks("classification")
 def test_labels_agree_with_baseline(local_model, baseline, current, thresholds, evidence):
     result = check_label_agreement(baseline.continuations, current.continuations, thresholds.min_label_agreement,
@@ -90,6 +94,7 @@ def test_labels_agree_with_baseline(local_model, baseline, current, thresholds, 
     assert result.ok, result.summary
 
 
+@pytest.mark.upgate_component("models", "models.local")
 @pytest.mark.model_tasks("causal-lm", "classification")
 def test_output_distribution_close_to_baseline(local_model, baseline, current, thresholds, evidence):
     result = check_divergence(baseline, current, thresholds, local_model.name)
@@ -97,6 +102,7 @@ def test_output_distribution_close_to_baseline(local_model, baseline, current, t
     assert result.ok, result.summary
 
 
+@pytest.mark.upgate_component("models", "models.local")
 @pytest.mark.model_tasks("embedding")
 def test_embeddings_close_to_baseline(local_model, baseline, current, thresholds, evidence):
     result = check_divergence(baseline, current, thresholds, local_model.name)
@@ -104,6 +110,7 @@ def test_embeddings_close_to_baseline(local_model, baseline, current, thresholds
     assert result.ok, result.summary
 
 
+@pytest.mark.upgate_component("models", "models.local", "models.reference_text")
 @pytest.mark.model_tasks("causal-lm")
 def test_perplexity_within_threshold(local_model, baseline, current, thresholds, evidence):
     if local_model.reference_text is None:
@@ -114,6 +121,7 @@ def test_perplexity_within_threshold(local_model, baseline, current, thresholds,
     assert result.ok, result.summary
 
 
+@pytest.mark.upgate_component("models", "models.local")
 def test_latency_within_threshold(local_model, baseline, current, thresholds, evidence):
     result = check_latency(baseline.latencies_s, current.latencies_s, thresholds.max_latency_ratio,
                            local_model.name)
@@ -121,6 +129,7 @@ def test_latency_within_threshold(local_model, baseline, current, thresholds, ev
     assert result.ok, result.summary
 
 
+@pytest.mark.upgate_component("models", "models.endpoint")
 @pytest.mark.model_tasks("causal-lm")
 def test_endpoint_continuations_match_baseline(endpoint_model, run_dir, phase, thresholds, evidence):
     m = endpoint_model

@@ -178,6 +178,7 @@ def test_throughput_and_errors_hold(measured, config, evidence):
     assert result.ok, result.summary
 
 
+@pytest.mark.upgate_component("performance.process")
 def test_no_resource_regression(measured, baseline, target_pidfile, config, evidence):
     if target_pidfile is None:
         pytest.skip("target process not configured ([performance] pidfile or [deploy] pidfile)")

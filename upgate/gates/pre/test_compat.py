@@ -71,6 +71,7 @@ def environment_unchanged(compat, phase, run_dir):
     return None
 
 
+@pytest.mark.upgate_component("compat.constraints")
 def test_installed_packages_meet_constraints(declared, environment_unchanged, evidence, request):
     if environment_unchanged:
         pytest.skip(environment_unchanged)
@@ -79,6 +80,7 @@ def test_installed_packages_meet_constraints(declared, environment_unchanged, ev
     assert result.ok, result.summary
 
 
+@pytest.mark.upgate_component("compat.candidate")
 def test_candidate_requirements_compatible(compat, python_env, evidence, request):
     if not compat.candidate:
         pytest.skip("candidate requirements not configured (compat.candidate)")
@@ -92,6 +94,7 @@ def test_candidate_requirements_compatible(compat, python_env, evidence, request
     assert result.ok, result.summary
 
 
+@pytest.mark.upgate_component("compat.pip_check")
 def test_pip_check_clean(compat, evidence, request):
     if not compat.pip_check or not (compat.python or compat.requirements or compat.constraints or compat.candidate):
         pytest.skip("package checks not configured (compat.python, requirements, constraints or candidate)")
@@ -103,6 +106,7 @@ def test_pip_check_clean(compat, evidence, request):
     assert result.ok, result.summary
 
 
+@pytest.mark.upgate_component("compat.postgres", "database")
 def test_postgres_version_supported(compat, db_url, config, evidence):
     if not compat.postgres:
         pytest.skip("supported PostgreSQL range not configured (compat.postgres)")
@@ -117,6 +121,7 @@ def test_postgres_version_supported(compat, db_url, config, evidence):
     assert result.ok, result.summary
 
 
+@pytest.mark.upgate_component("compat.app_config")
 def test_app_config_files_valid(compat, evidence):
     if not compat.app_config:
         pytest.skip("application config files not configured ([[compat.app_config]])")

@@ -8,7 +8,7 @@ import pytest
 
 from upgate.checks.contract import record_contract
 
-pytestmark = pytest.mark.upgate_component("app")
+pytestmark = pytest.mark.upgate_component("contract", "app")
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import pytest
 
 from upgate.checks.health import check_database, probe_http
 
-pytestmark = pytest.mark.upgate_component("service")
+pytestmark = pytest.mark.upgate_component("app")
 
 
 @pytest.mark.upgate_component("database")

@@ -14,7 +14,7 @@ import pytest
 from upgate.checks.migration_safety import lint_migrations
 from upgate.checks.rehearsal import judge_lock_holds
 
-pytestmark = pytest.mark.upgate_component("database")
+pytestmark = pytest.mark.upgate_component("migrate", "database")
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +48,7 @@ def test_no_long_access_exclusive_lock(rehearsal, config, run_dir, evidence):
     assert result.ok, result.summary
 
 
+@pytest.mark.upgate_component("migrate.lint")
 def test_migrations_pass_squawk(migrations, squawk, config, evidence):
     safety = config.migration_safety
     files = [m.up for m in migrations] + [m.down for m in migrations if m.down]

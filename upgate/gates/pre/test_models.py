@@ -13,6 +13,7 @@ from upgate.checks.inference import check_compatibility, check_endpoint, check_s
 from upgate.checks.model_compat import check_tensors_match_architecture, check_weights_finite
 from upgate.checks.tokenizers import check_token_ids, check_tokenizer_fits_model
 from upgate.plugin.models import model_folder, prompts_of, run_local, save_endpoint
+from upgate.plugin.pytest_plugin import need_extra
 
 pytestmark = pytest.mark.upgate_component("models")
 
@@ -23,15 +24,18 @@ def candidate(config, model):
     upgrade = config.model_upgrade
     if upgrade is None or upgrade.model != model.name:
         pytest.skip(f"model '{model.name}': no model_upgrade configured for it")
+    need_extra("models", f"[model_upgrade] of model '{model.name}'")
     return upgrade.candidate
 
 
+@pytest.mark.upgate_component("models", "models.local")
 def test_model_checkpoint_is_compatible(local_model, evidence):
     result = check_compatibility(local_model.path, name=local_model.name)
     evidence("compatibility", result)
     assert result.ok, result.summary
 
 
+@pytest.mark.upgate_component("models", "models.local")
 def test_model_answers_the_prompt_set(local_model, run_dir, phase, evidence):
     """Load (the loader's report is evidence), run the prompt set, no NaN/inf; stored as the baseline."""
     compat = check_compatibility(local_model.path, name=local_model.name)
@@ -44,6 +48,7 @@ def test_model_answers_the_prompt_set(local_model, run_dir, phase, evidence):
     assert result.ok, result.summary
 
 
+@pytest.mark.upgate_component("models", "models.endpoint")
 @pytest.mark.model_tasks("causal-lm")
 def test_model_endpoint_answers(endpoint_model, evidence):
     m = endpoint_model
@@ -53,6 +58,7 @@ def test_model_endpoint_answers(endpoint_model, evidence):
     assert result.ok, result.summary
 
 
+@pytest.mark.upgate_component("models", "models.endpoint")
 @pytest.mark.model_tasks("causal-lm")
 def test_endpoint_answers_recorded(endpoint_model, run_dir, phase, evidence):
     m = endpoint_model
@@ -66,6 +72,7 @@ def test_endpoint_answers_recorded(endpoint_model, run_dir, phase, evidence):
     assert all(t.strip() for t in texts), f"{m.name}: the endpoint returned empty text for some prompts"
 
 
+@pytest.mark.upgate_component("models", "model_upgrade")
 def test_upgrade_candidate_is_compatible(model, candidate, evidence):
     """The candidate's files are whole and fit in memory here (metadata only)."""
     result = check_compatibility(candidate, name=f"{model.name} candidate {candidate}")
@@ -73,6 +80,7 @@ def test_upgrade_candidate_is_compatible(model, candidate, evidence):
     assert result.ok, result.summary
 
 
+@pytest.mark.upgate_component("models", "model_upgrade")
 def test_candidate_tensors_match_the_architecture(model, candidate, evidence):
     """Every tensor the declared architecture needs, with its shape, and no foreign one (headers only)."""
     result = check_tensors_match_architecture(candidate, model.task, live=model.path,
@@ -81,12 +89,14 @@ def test_candidate_tensors_match_the_architecture(model, candidate, evidence):
     assert result.ok, result.summary
 
 
+@pytest.mark.upgate_component("models", "model_upgrade")
 def test_candidate_weights_are_finite(model, candidate, evidence):
     result = check_weights_finite(candidate, name=f"{model.name} candidate {candidate}")
     evidence("candidate finite weights", result)
     assert result.ok, result.summary
 
 
+@pytest.mark.upgate_component("models", "model_upgrade")
 def test_candidate_tokenizer_fits_the_model(model, candidate, evidence):
     """The tokenizer is the kind the model type uses: same class family, algorithm and pre-tokenizer as live."""
     result = check_tokenizer_fits_model(candidate, live=model.path, name=f"{model.name} candidate tokenizer")
@@ -94,6 +104,7 @@ def test_candidate_tokenizer_fits_the_model(model, candidate, evidence):
     assert result.ok, result.summary
 
 
+@pytest.mark.upgate_component("models", "model_upgrade")
 def test_candidate_keeps_the_token_ids(local_model, candidate, evidence):
     """Every token of the live tokenizer has the same id in the candidate's (embedding rows are read by id)."""
     result = check_token_ids(local_model.path, candidate, name=f"{local_model.name} candidate tokenizer")

@@ -14,12 +14,14 @@ from upgate.checks.monitoring import check_metrics, check_prometheus, check_redi
 pytestmark = pytest.mark.upgate_component("monitoring")
 
 
+@pytest.mark.upgate_component("monitoring.redis")
 def test_redis_answers(redis_url, config, evidence):
     result = check_redis(redis_url, timeout_s=config.monitoring.timeout_s)
     evidence("redis", result)
     assert result.ok, result.summary
 
 
+@pytest.mark.upgate_component("monitoring.prometheus")
 def test_prometheus_answers(prometheus_url, monitoring, evidence):
     result = check_prometheus(prometheus_url, query=monitoring.prometheus_query, timeout_s=monitoring.timeout_s)
     evidence("prometheus", result)
@@ -35,6 +37,7 @@ def required_metrics(config, app) -> list[str]:
     return list(config.monitoring.required_metrics)
 
 
+@pytest.mark.upgate_component("monitoring.metrics", "app")
 def test_app_metrics_parse_with_required_names(app, required_metrics, evidence):
     result = check_metrics(app.url(app.metrics_path), required_metrics, timeout_s=app.timeout_s)
     evidence("metrics", result)

@@ -67,6 +67,7 @@ def test_baseline_steady_enough_to_judge(measured_baseline, config, evidence):
     assert steadiness.ok, steadiness.summary
 
 
+@pytest.mark.upgate_component("performance.process")
 def test_target_resources_sampled(baseline_run, target_pidfile, evidence):
     if target_pidfile is None:
         pytest.skip("target process not configured ([performance] pidfile or [deploy] pidfile)")

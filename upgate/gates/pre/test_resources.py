@@ -28,7 +28,7 @@ from upgate.checks.resources import (
     measure_throughput,
 )
 
-pytestmark = pytest.mark.upgate_component("resources")
+pytestmark = pytest.mark.upgate_component("resources", "database")
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,7 @@ def test_database_latency_within_budget(db_url, config, evidence):
     assert result.ok, result.summary
 
 
+@pytest.mark.upgate_component("resources", "app")
 def test_app_latency_within_budget(app, config, evidence):
     result = check_http_latency(app.url(app.health_path), config.resources.latency_samples,
                                 config.resources.max_app_latency_ms, timeout_s=app.timeout_s)

@@ -26,6 +26,7 @@ def _problems(rehearsal, destructive: bool) -> list[str]:
     return [p for p in found if p.startswith("destructive change") == destructive]
 
 
+@pytest.mark.upgate_component("migrate", "database")
 def test_migration_rehearsal_is_reversible(rehearsal, evidence):
     """Up (and, where every unit has a down: down restores the original schema, up again equals the first up)."""
     evidence("rehearsal", rehearsal.result)
@@ -36,11 +37,13 @@ def test_migration_rehearsal_is_reversible(rehearsal, evidence):
                       UserWarning, stacklevel=1)
 
 
+@pytest.mark.upgate_component("migrate", "database")
 def test_no_unallowed_destructive_change(rehearsal):
     problems = _problems(rehearsal, destructive=True)
     assert not rehearsal.destructive and not problems, "; ".join(problems) or ", ".join(rehearsal.destructive)
 
 
+@pytest.mark.upgate_component("migrate", "database")
 def test_data_rewrites_reported(rehearsal, evidence):
     """Statements that rewrite data pass with a warning: the integrity gate is what proves them."""
     evidence("data rewrites", {"warnings": list(rehearsal.warnings)})

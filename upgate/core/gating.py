@@ -12,6 +12,7 @@ is a failure here: an empty phase must never unlock a migration.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -59,9 +60,11 @@ def gates_folder(config: Config) -> Path:
     return config.gates.directory or SHIPPED_GATES
 
 
-def run_gates(phase: str, config: Config, run: RunDir, on_line: Callable[[str, str], None] | None = None) -> PhaseResult:
-    """Run `gates/<pre|post>` for `phase` (rollback runs the post gates against the baseline)."""
-    folder = gates_folder(config) / ("post" if phase == "rollback" else phase)
+def run_gates(phase: str, config: Config, run: RunDir, on_line: Callable[[str, str], None] | None = None,
+              app_url: str | None = None) -> PhaseResult:
+    """Run `gates/<pre|post>` for `phase` (rollback runs the post gates against the baseline, preview runs
+    them against the candidate's preview: `app_url` replaces [app] base_url in the gates' config)."""
+    folder = gates_folder(config) / ("post" if phase in ("rollback", "preview") else phase)
     if not folder.is_dir():
         raise ConfigError(f"gates folder {folder} not found: set [gates] directory to the folder holding pre/ and post/")
     run.logs.mkdir(parents=True, exist_ok=True)
@@ -82,8 +85,9 @@ def run_gates(phase: str, config: Config, run: RunDir, on_line: Callable[[str, s
     ]
     with log_path.open("w", encoding="utf-8") as log:
         log.write("$ " + " ".join(cmd) + "\n")
+        env = {**os.environ, "UPGATE_APP_URL": app_url} if app_url else None
         proc = subprocess.Popen(cmd, cwd=folder.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                bufsize=1)
+                                bufsize=1, env=env)
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)

@@ -141,7 +141,7 @@ class ComposeDeploy(DockerDeploy):
         self._compose_up(ctx, self.deploy.image or "", "promote")
         new = self._live_container()
         self.new_id = new.id
-        detail = self._wait_ready(new, self.app.base_url if self.app else None, "promoted")
+        detail = self._wait_ready(new, self.app.base_url if self.app else None, "promoted", any_answer=True)
         ctx.journal.write(self.name, "promoted", id=new.id, detail=detail)
         ctx.say("deploy", f"promoted: {self.project}/{self.service} runs {self.deploy.image} ({_short(new.image.id)})")
         candidate = self.client.containers.get(self.candidate_id)

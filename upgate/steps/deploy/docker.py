@@ -253,7 +253,7 @@ class DockerDeploy(Deployer):
         ctx.journal.write(self.name, "previous-stopped", id=self.live.id, name=self.name_previous)
         new.start()
         new.rename(self.name_live)
-        detail = self._wait_ready(new, self.app.base_url if self.app else None, "promoted")
+        detail = self._wait_ready(new, self.app.base_url if self.app else None, "promoted", any_answer=True)
         gap = round(time.monotonic() - t0, 3)
         ctx.journal.write(self.name, "promoted", id=new.id, detail=detail, switch_s=gap)
         ctx.say("deploy", f"promoted: {self.name_live} runs {self.deploy.image} ({_short(new.image.id)}); "
@@ -360,9 +360,10 @@ class DockerDeploy(Deployer):
             raise StepFailed(f"a container named {name} exists and was not started by upgate: remove or rename it")
         container.remove(force=True)
 
-    def _wait_ready(self, container: Any, base_url: str | None, which: str) -> str:
+    def _wait_ready(self, container: Any, base_url: str | None, which: str, any_answer: bool = False) -> str:
         """Docker's healthcheck when the image has one, and the app's ready URL at `base_url`; a container
-        that exits fails at once with its last log lines."""
+        that exits fails at once with its last log lines. `any_answer`: once healthy, any HTTP answer on the
+        URL will do (after promotion: the post gates judge what it answers)."""
         assert self.live is not None
         ready_path = self.app.ready_path if self.app else None
         url = (base_url.rstrip("/") + ready_path) if base_url and ready_path else None
@@ -386,7 +387,7 @@ class DockerDeploy(Deployer):
                 if url is None:
                     return f"container {_short(container.id)} {health or 'running'} (no [app] to probe)"
                 answer = probe_http(url, timeout_s=2.0)
-                if answer.ok:
+                if answer.ok or (any_answer and health and answer.evidence.get("status") is not None):
                     return (f"{url} answered {answer.evidence.get('status')} from {which} container "
                             f"{_short(container.id)}" + (" (healthcheck healthy)" if health else ""))
                 last = answer.summary

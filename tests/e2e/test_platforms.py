@@ -71,6 +71,14 @@ def test_docker_good_upgrades_onto_the_live_port(platform: DemoTarget, tmp_path:
     assert after["name"] == before["name"] and after["running"]
     assert after["image"] == "upgate-ref:v2" and after["image_id"] != before["image_id"]
     assert summary["deploy"]["previous_image_id"] == before["image_id"]
+    # `upgate rollback` of the upgraded run, from its journal alone: the kept container was removed when the
+    # run ended, so the previous image id is started again in a new container with the live one's settings.
+    from tests.e2e.support import upgate
+
+    undo = upgate("rollback", "--config", str(platform.config), "--reports", str(tmp_path / "reports"), cwd=tmp_path)
+    assert undo.returncode == 20, undo.stdout[-3000:]
+    back = _container(platform)
+    assert back["image_id"] == before["image_id"] and back["running"] and back["name"] == before["name"]
 
 
 @pytest.mark.docker

@@ -283,10 +283,27 @@ class DockerDeploy(Deployer):
                 continue
             (ctx.run.logs / f"container-{which}.log").write_bytes(container.logs(tail=500))
             container.stop(timeout=int(self.deploy.stop_timeout_s))
+            if which == "promoted" and not self._kept_previous():
+                # The kept previous container is gone (retired): this one's settings recreate it.
+                ctx.journal.write(self.name, "stopped", which=which, id=ident)
+                ctx.say("deploy", f"stopped the {which} container {_short(ident)} (kept: its settings start the "
+                                  "previous image again)")
+                continue
             container.remove()
             ctx.journal.write(self.name, "removed", which=which, id=ident)
             ctx.say("deploy", f"stopped and removed the {which} container {_short(ident)} (logs: logs/container-"
                               f"{which}.log)")
+
+    def _kept_previous(self) -> bool:
+        import docker.errors
+
+        if self.live is None:
+            return False
+        try:
+            self.client.containers.get(self.live.id)
+            return True
+        except docker.errors.NotFound:
+            return False
 
     def start_previous(self, ctx: StepContext) -> None:
         import docker.errors

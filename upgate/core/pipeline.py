@@ -263,7 +263,7 @@ class Pipeline:
                     self._timed(step.name, partial(step.do, self.ctx))
             for step in self.steps:
                 if type(step).prepare is not Step.prepare:
-                    self._timed(f"{step.name} backup", partial(step.prepare, self.ctx))
+                    self._timed(getattr(step, "prepare_label", f"{step.name} backup"), partial(step.prepare, self.ctx))
         except Exception as exc:
             return Verdict.BLOCKED, f"{self.records[-1].name} failed, nothing was touched: {redact(str(exc))}"
 

@@ -29,6 +29,8 @@ from upgate.steps.deploy.kubernetes import kube_client
 class NodeUpgradeStep(Step):
     name: ClassVar[str] = "node-upgrade"
     label: ClassVar[str] = "node upgrade"
+    #: The pipeline's name for `prepare` (the dry-run drain), shown when it blocks.
+    prepare_label: ClassVar[str] = "node-upgrade check"
 
     def __init__(self, node: NodeUpgradeConfig, k8s: KubernetesConfig, cordoned: bool = False) -> None:
         self.node = node

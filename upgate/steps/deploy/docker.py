@@ -109,6 +109,8 @@ class DockerDeploy(Deployer):
     """Preview, promote, keep the previous container; the pipeline gates in between (module docstring)."""
 
     kind: ClassVar[str] = "docker"
+    #: The pipeline's name for `prepare` (recording what runs, checking the image), shown when it blocks.
+    prepare_label: ClassVar[str] = "deploy check"
 
     def __init__(self, deploy: DeployConfig, app: AppConfig | None, state: dict[str, Any] | None = None) -> None:
         super().__init__(deploy, app)

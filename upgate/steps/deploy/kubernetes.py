@@ -99,6 +99,8 @@ class KubernetesDeploy(Deployer):
     """One class for both strategies: the journal says which parts ran (module docstring)."""
 
     kind: ClassVar[str] = "kubernetes"
+    #: The pipeline's name for `prepare` (recording what runs, checking it is settled), shown when it blocks.
+    prepare_label: ClassVar[str] = "deploy check"
 
     def __init__(self, deploy: DeployConfig, app: AppConfig | None, k8s: KubernetesConfig,
                  state: dict[str, Any] | None = None) -> None:

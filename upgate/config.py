@@ -107,7 +107,7 @@ class MigrateConfig(Section):
 
 
 class DeployConfig(Section):
-    kind: Literal["process", "command"] = "process"
+    kind: Literal["process", "command", "docker", "compose", "kubernetes"] = "process"
     # process: the pidfile of the running service, the command that starts the new version
     # and the command that starts the previous one again (used by rollback).
     # command: optional; the served process, watched so that a crash fails the deploy at once.
@@ -133,6 +133,24 @@ class DeployConfig(Section):
     version_url: str | None = None
     expect_version: str | None = None
     previous_version: str | None = None
+    # docker, compose, kubernetes: the candidate image (a tag or an image id).
+    image: str | None = None
+    # docker: the live container's name; compose: the compose service; kubernetes: the pod template's
+    # container (empty: the first one).
+    container: str | None = None
+    # docker, compose: the port inside the container that the live one publishes (empty: its only one),
+    # and the host port the candidate's preview publishes (0: a free one).
+    container_port: int | None = Field(default=None, gt=0, le=65535)
+    preview_port: int = Field(default=0, ge=0, le=65535)
+    preview_host: str = "127.0.0.1"
+    # compose: the project's files, its name (empty: the first file's folder name) and the CLI
+    # (empty: `docker compose` when the plugin answers, else `docker-compose`).
+    compose_files: list[Path] = []
+    project: str | None = None
+    compose_command: list[str] = []
+    # kubernetes: "rolling" patches the Deployment; "blue-green" starts a green Deployment beside it
+    # ([kubernetes] says which Deployment, Service and preview Service).
+    strategy: Literal["rolling", "blue-green"] = "rolling"
 
     @model_validator(mode="after")
     def _complete(self) -> DeployConfig:
@@ -142,7 +160,54 @@ class DeployConfig(Section):
                 raise ValueError(f"deploy.kind = 'process' needs {', '.join('deploy.' + m for m in missing)}")
         if self.kind == "command" and not (self.deploy_command and self.rollback_command):
             raise ValueError("deploy.kind = 'command' needs deploy.deploy_command and deploy.rollback_command")
+        if self.kind in ("docker", "compose", "kubernetes") and not self.image:
+            raise ValueError(f"deploy.kind = '{self.kind}' needs deploy.image (the candidate image)")
+        if self.kind == "docker" and not self.container:
+            raise ValueError("deploy.kind = 'docker' needs deploy.container (the live container's name)")
+        if self.kind == "compose" and not (self.compose_files and self.container):
+            raise ValueError("deploy.kind = 'compose' needs deploy.compose_files and deploy.container (the "
+                             "compose service to upgrade)")
         return self
+
+
+class NodeUpgradeConfig(Section):
+    """Upgrade one Kubernetes node: cordon, drain through the Eviction API, run `command`, uncordon, Ready."""
+
+    node: str
+    # The node's upgrade, as argv run here (e.g. ["ssh", "node-1", "sudo apt-get upgrade -y"]).
+    command: list[str]
+    env: dict[str, str] = {}
+    # Pods of DaemonSets stay (their controller would put them back), as `kubectl drain --ignore-daemonsets`.
+    ignore_daemonsets: bool = True
+    drain_timeout_s: float = Field(default=120.0, gt=0)
+    # Before anything is cordoned: how long an eviction refused by a PodDisruptionBudget may stay refused
+    # (dry-run) before the run is blocked, naming the pods.
+    precheck_timeout_s: float = Field(default=10.0, ge=0)
+    command_timeout_s: float = Field(default=1800.0, gt=0)
+    ready_timeout_s: float = Field(default=300.0, gt=0)
+
+
+class KubernetesConfig(Section):
+    """Where the cluster is and what `[deploy] kind = "kubernetes"` and `[node_upgrade]` act on."""
+
+    # Empty: KUBECONFIG / ~/.kube/config (or the in-cluster service account).
+    kubeconfig: Path | None = None
+    context: str | None = None
+    namespace: str = "default"
+    # rolling: the Deployment patched; blue-green: the one the live Service selects now (blue) is found
+    # by the Service's selector, this names it when there is no Service selector to go by.
+    deployment: str | None = None
+    service: str | None = None
+    # blue-green: the Service that selects the candidate before promotion, and the URL it answers on here.
+    preview_service: str | None = None
+    preview_url: str | None = None
+    # blue-green: the pod label whose value tells blue from green (the guide's `version: blue`).
+    color_label: str = "version"
+    # blue-green: seconds blue keeps running after the post-promotion gates pass, then it is scaled to 0.
+    scale_down_delay_s: float = Field(default=0.0, ge=0)
+    # Longest wait for a rollout when the Deployment sets no progressDeadlineSeconds of its own.
+    rollout_timeout_s: float = Field(default=300.0, gt=0)
+    request_timeout_s: float = Field(default=10.0, gt=0)
 
 
 class BackupConfig(Section):
@@ -581,6 +646,8 @@ class Config(Section):
     packages: PackagesConfig | None = None
     # `[config]` in the file (the application's config files as an upgrade step).
     config_files: ConfigStepConfig | None = Field(default=None, alias="config")
+    kubernetes: KubernetesConfig | None = None
+    node_upgrade: NodeUpgradeConfig | None = None
 
     # Where it came from; not a key of the file.
     source: Path = Field(default=Path(DEFAULT_NAME), exclude=True)
@@ -613,6 +680,7 @@ class Config(Section):
             "contract": self.contract is not None,
             "packages": self.packages is not None,
             "config_files": self.config_files is not None,
+            "kubernetes": self.kubernetes is not None,
         }
 
     def model(self, name: str) -> ModelConfig | None:
@@ -624,6 +692,23 @@ class Config(Section):
             known = ", ".join(m.name for m in self.models) or "none"
             raise ValueError(f"model_upgrade.model '{self.model_upgrade.model}' is not a [[models]] name "
                              f"(configured: {known})")
+        return self
+
+    @model_validator(mode="after")
+    def _kubernetes_for_kubernetes(self) -> Config:
+        uses = [k for k, on in (("deploy.kind = 'kubernetes'", self.deploy is not None and self.deploy.kind ==
+                                 "kubernetes"), ("[node_upgrade]", self.node_upgrade is not None)) if on]
+        if uses and self.kubernetes is None:
+            raise ValueError(f"{uses[0]} needs a [kubernetes] section (namespace, deployment, service)")
+        if self.deploy is not None and self.deploy.kind == "kubernetes" and self.kubernetes is not None:
+            k8s = self.kubernetes
+            if self.deploy.strategy == "rolling" and not k8s.deployment:
+                raise ValueError("deploy.strategy = 'rolling' needs kubernetes.deployment")
+            if self.deploy.strategy == "blue-green":
+                missing = [k for k in ("service", "preview_service", "preview_url") if not getattr(k8s, k)]
+                if missing:
+                    raise ValueError("deploy.strategy = 'blue-green' needs "
+                                     + ", ".join(f"kubernetes.{m}" for m in missing))
         return self
 
 
@@ -639,7 +724,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 _PATH_KEYS: dict[str, tuple[str, ...]] = {
     "database": ("bin_dir",),
     "migrate": ("directory", "workdir", "alembic_ini"),
-    "deploy": ("pidfile", "workdir"),
+    "deploy": ("pidfile", "workdir", "compose_files"),
+    "kubernetes": ("kubeconfig",),
     "backup": ("directory",),
     "gates": ("directory", "extra"),
     "performance": ("locustfile", "pidfile"),

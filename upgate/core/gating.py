@@ -88,8 +88,9 @@ def gates_folder(config: Config) -> Path:
 
 
 def gate_command(phase: str, config: Config, run: RunDir) -> tuple[Path, list[str]]:
-    """The pytest arguments of `phase` and the folder they run in (rollback runs the post gates)."""
-    folder = gates_folder(config) / ("post" if phase == "rollback" else phase)
+    """The pytest arguments of `phase` and the folder they run in (rollback runs the post gates against the
+    baseline, preview runs them against the candidate's preview before traffic moves)."""
+    folder = gates_folder(config) / ("post" if phase in ("rollback", "preview") else phase)
     if not folder.is_dir():
         raise ConfigError(f"gates folder {folder} not found: set [gates] directory to the folder holding pre/ and post/")
     args = [
@@ -108,8 +109,9 @@ def gate_command(phase: str, config: Config, run: RunDir) -> tuple[Path, list[st
 
 
 def run_gates(phase: str, config: Config, run: RunDir, on_line: Callable[[str, str], None] | None = None,
-              worker: GateWorker | None = None) -> PhaseResult:
-    """Run `gates/<pre|post>` for `phase` (rollback runs the post gates against the baseline).
+              worker: GateWorker | None = None, app_url: str | None = None) -> PhaseResult:
+    """Run `gates/<pre|post>` for `phase` (rollback runs the post gates against the baseline, preview runs
+    them against the candidate's preview: `app_url` replaces [app] base_url in the gates' config).
 
     With a live `worker` the phase is a fork of its warm process; otherwise a fresh pytest process.
     The log is written best-effort (a full disk is a note, not a crash); an exception here (SIGTERM)
@@ -122,10 +124,11 @@ def run_gates(phase: str, config: Config, run: RunDir, on_line: Callable[[str, s
     log = _BestEffortLog(run.logs / f"pytest-{phase}.log")
     log.write("$ " + " ".join([sys.executable, "-m", "pytest", *args]) + "\n")
     started = time.monotonic()
+    env = {"UPGATE_APP_URL": app_url} if app_url else {}
     if worker is not None and worker.alive():
-        status = worker.run(cwd, args, lambda line: _line(line, log, on_line))
+        status = worker.run(cwd, args, lambda line: _line(line, log, on_line), env=env)
     else:
-        status = _run_fresh(cwd, args, lambda line: _line(line, log, on_line))
+        status = _run_fresh(cwd, args, lambda line: _line(line, log, on_line), env=env)
     log.close()
     result = PhaseResult(phase=phase, exit_status=status)
     if log.error:
@@ -183,10 +186,10 @@ class _BestEffortLog:
                 self.error = self.error or exc.strerror or str(exc)
 
 
-def _run_fresh(cwd: Path, args: list[str], each_line: Callable[[str], None]) -> int:
+def _run_fresh(cwd: Path, args: list[str], each_line: Callable[[str], None], env: dict[str, str] | None = None) -> int:
     proc = subprocess.Popen([sys.executable, "-m", "pytest", *args], cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, bufsize=1,
-                            process_group=0)
+                            process_group=0, env={**os.environ, **env} if env else None)
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -260,13 +263,15 @@ class GateWorker:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def run(self, cwd: Path, args: list[str], each_line: Callable[[str], None]) -> int:
-        """One phase in a fresh fork: its output line by line, then its exit status."""
+    def run(self, cwd: Path, args: list[str], each_line: Callable[[str], None],
+            env: dict[str, str] | None = None) -> int:
+        """One phase in a fresh fork (`env` added to its environment): its output line by line, then its exit
+        status."""
         read_end, write_end = os.pipe()
         pid: int | None = None
         try:
             try:
-                request = json.dumps({"cwd": str(cwd), "args": args}).encode() + b"\n"
+                request = json.dumps({"cwd": str(cwd), "args": args, "env": env or {}}).encode() + b"\n"
                 socket.send_fds(self.sock, [request], [write_end])
             finally:
                 os.close(write_end)
@@ -385,6 +390,7 @@ def _child(request: dict[str, Any], output: int, sock: socket.socket, worker: in
         os.close(output)
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
         os.chdir(request["cwd"])
+        os.environ.update(request.get("env") or {})
         import pytest
 
         status = int(pytest.main(list(request["args"])))

@@ -134,13 +134,15 @@ class Pipeline:
         record.status, record.seconds = "ok", round(time.monotonic() - t0, 3)
         return value
 
-    def _gates(self, phase: str) -> PhaseResult:
-        label = {"pre": "pre-gates", "post": "post-gates", "rollback": "verify"}[phase]
-        self.console.step(label, f"pytest {('post' if phase == 'rollback' else phase)} gates"
-                          + (" against the baseline" if phase == "rollback" else ""))
+    def _gates(self, phase: str, app_url: str | None = None) -> PhaseResult:
+        label = {"pre": "pre-gates", "post": "post-gates", "preview": "preview-gates", "rollback": "verify"}[phase]
+        self.console.step(label, f"pytest {('post' if phase in ('rollback', 'preview') else phase)} gates"
+                          + (" against the baseline" if phase == "rollback" else "")
+                          + (f" against the candidate's preview {app_url}" if app_url else ""))
 
         def go() -> dict[str, Any]:
-            result = run_gates(phase, self.config, self.run, on_line=self.console.gate, worker=self.gate_worker)
+            result = run_gates(phase, self.config, self.run, on_line=self.console.gate, worker=self.gate_worker,
+                               app_url=app_url)
             self.phases[phase] = result
             if not result.passed:
                 raise StepFailed(f"{label} failed: {result.describe()}")
@@ -415,6 +417,9 @@ class Pipeline:
                 pass  # the rollback comes next either way
             return self.rollback(f"{failed} failed: {redact(str(exc))}", self.done)
         try:
+            previewed = self._preview_and_promote()
+            if isinstance(previewed, tuple):
+                return previewed
             post = self._gates("post")
         except Interrupted as exc:
             return self.rollback(f"{exc} during {self._where()}", self.done)
@@ -423,8 +428,43 @@ class Pipeline:
         if not post.passed:
             first = post.failures[0]["message"] if post.failures else post.describe()
             return self.rollback(f"post-gates failed ({post.describe()}): {first}", self.done)
-        ran = ["pre-gates", *(s.label for s in self.done), "post-gates"]
-        return Verdict.UPGRADED, f"{', '.join(ran[:-1])} and {ran[-1]} passed"
+        ran = ["pre-gates", *(s.label for s in self.done), *previewed, "post-gates"]
+        return Verdict.UPGRADED, f"{', '.join(ran[:-1])} and {ran[-1]} passed" + self._retire()
+
+    def _preview_and_promote(self) -> tuple[Verdict, str] | list[str]:
+        """A deploy that started its candidate beside the live version (`preview_url()`): gate the candidate
+        there before traffic moves, then promote it. Returns the verdict of a failure, else what ran."""
+        ran: list[str] = []
+        for step in [s for s in self.done if isinstance(s, DeployStep) and s.preview_url()]:
+            url = step.preview_url()
+            live = self.config.app.base_url if self.config.app else None
+            self._write("targets.json", {"live": live, "candidate": url})  # both serve: perf compares them
+            try:
+                preview = self._gates("preview", app_url=url)
+            finally:
+                (self.run.path / "targets.json").unlink(missing_ok=True)
+            if not preview.passed:
+                first = preview.failures[0]["message"] if preview.failures else preview.describe()
+                return self.rollback(f"preview-gates failed before traffic moved ({preview.describe()}): {first}",
+                                     self.done)
+            try:
+                self._timed("promote", partial(step.promote, self.ctx))
+            except Exception as exc:
+                self._diagnose("promote")
+                return self.rollback(f"promote failed: {redact(str(exc))}", self.done)
+            ran += ["preview-gates", "promote"]
+        return ran
+
+    def _retire(self) -> str:
+        """After the post gates passed: each deploy lets its previous version go; a failure is only reported."""
+        notes = []
+        for step in [s for s in self.done if isinstance(s, DeployStep) and type(s).retire is not DeployStep.retire]:
+            try:
+                self._timed("retire previous", partial(step.retire, self.ctx))
+            except Exception as exc:
+                self.console.step("retire", f"the previous version was not retired: {redact(str(exc))}")
+                notes.append(f"; the previous version was not retired: {redact(str(exc))}")
+        return "".join(notes)
 
     def _where(self) -> str:
         running = [r.name for r in self.records if r.status == "failed"]
@@ -473,7 +513,7 @@ class Pipeline:
                         self._timed(step.name, partial(step.do, self.ctx))
             for step in self.steps:
                 if type(step).prepare is not Step.prepare:
-                    current = f"{step.name} backup"
+                    current = getattr(step, "prepare_label", f"{step.name} backup")
                     self._timed(current, partial(step.prepare, self.ctx))
         except Exception as exc:
             return Verdict.BLOCKED, f"{current} failed, nothing was touched: {redact(str(exc))}"

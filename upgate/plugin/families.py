@@ -75,6 +75,11 @@ def _families() -> dict[str, Family]:
         Family("models.reference_text", "[[models]] reference_text",
                lambda c: any(m.reference_text is not None for m in c.models)),
         Family("model_upgrade", "[model_upgrade]", lambda c: c.model_upgrade is not None),
+        Family("packages", "[packages]", lambda c: c.packages is not None),
+        Family("config", "[config] (the app's config files as an upgrade step)", lambda c: c.config_files is not None),
+        Family("containers", "[deploy] kind = \"docker\" or \"compose\"",
+               lambda c: c.deploy is not None and c.deploy.kind in ("docker", "compose")),
+        Family("kubernetes", "[kubernetes]", lambda c: c.kubernetes is not None),
     ]
     for what in ("services", "processes", "ports", "mounts", "files", "packages", "min_free_memory_mb"):
         found.append(Family(f"hosts.{what}", f"[[hosts]] {what}", _hosts_with(what)))

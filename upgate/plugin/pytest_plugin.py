@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from upgate.checks.rehearsal import Rehearsal
     from upgate.steps.migrate import Migrator
 
-PHASES = ("pre", "post", "rollback", "diagnostics")
+PHASES = ("pre", "post", "preview", "rollback", "diagnostics")
 
 _results_key = pytest.StashKey[list[dict[str, Any]]]()
 _evidence_key = pytest.StashKey[dict[str, list[str]]]()
@@ -49,7 +49,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run folder for baseline and evidence (pre: a new one; post: the latest one)")
     group.addoption("--upgate-reports", default="reports", help="reports folder holding runs/ (default: reports)")
     group.addoption("--upgate-phase", default=None, choices=PHASES,
-                    help="pre, post or rollback (post gates verifying a rollback against the baseline)")
+                    help="pre, post, preview (post gates against a candidate before traffic moves) or rollback "
+                         "(post gates verifying a rollback against the baseline)")
     group.addoption("--upgate-no-extra", action="store_true", default=False,
                     help="run the shipped gates only, without the config's [gates] extra")
 
@@ -542,7 +543,7 @@ def _integrity_tables(config: pytest.Config) -> list[str]:
     run = config.stash.get(_run_key, None)
     if cfg is None or run is None or not cfg.database.url:
         return []
-    if phase in ("post", "rollback"):
+    if phase in ("post", "preview", "rollback"):
         folder = run.baseline / "fingerprints"
         files = sorted(folder.glob("*.json")) if folder.is_dir() else []
         return [json.loads(f.read_text(encoding="utf-8"))["table"] for f in files]

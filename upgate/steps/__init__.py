@@ -15,7 +15,14 @@ from upgate.config import Config
 from upgate.steps.backup import BackupStep
 from upgate.steps.base import DatabaseStep, DeployStep, Record, RestorePoint, Step, StepContext, StepPlan
 from upgate.steps.config import ConfigStep
-from upgate.steps.deploy import CommandDeploy, ProcessDeploy, deploy_step
+from upgate.steps.deploy import (
+    CommandDeploy,
+    ComposeDeploy,
+    DockerDeploy,
+    KubernetesDeploy,
+    ProcessDeploy,
+    deploy_step,
+)
 from upgate.steps.migrate import MigrateStep, migrator_for
 from upgate.steps.packages import PackagesStep
 
@@ -42,6 +49,10 @@ def build_steps(config: Config) -> list[Step]:
         steps.append(ModelStep(config))
     if config.deploy:
         steps.append(deploy_step(config))
+    if config.node_upgrade:
+        from upgate.steps.node import NodeUpgradeStep
+
+        steps.append(NodeUpgradeStep.from_config(config))
     return steps
 
 
@@ -52,7 +63,9 @@ def journal_kinds(config: Config) -> list[type[Step]]:
         from upgate.steps.model import ModelStep
 
         kinds.append(ModelStep)
-    return [*kinds, ProcessDeploy, CommandDeploy]
+    from upgate.steps.node import NodeUpgradeStep
+
+    return [*kinds, ProcessDeploy, CommandDeploy, DockerDeploy, ComposeDeploy, KubernetesDeploy, NodeUpgradeStep]
 
 
 def steps_from_journal(config: Config, records: list[Record], ctx: StepContext) -> list[Step]:

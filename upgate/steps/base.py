@@ -116,6 +116,20 @@ class DeployStep(Step):
         self.stop_new(ctx)
         self.start_previous(ctx)
 
+    # Pre-promotion gating (blue-green on containers and Kubernetes): `do` starts the candidate beside
+    # the live version; the pipeline gates it on `preview_url()`, then calls `promote`, then gates the
+    # live URL; `retire` lets the previous version go once those gates passed.
+
+    def preview_url(self) -> str | None:
+        """The candidate's base URL while traffic still goes to the previous version (None: `do` moved it)."""
+        return None
+
+    def promote(self, ctx: StepContext) -> None:  # noqa: B027 (optional hook)
+        """Move traffic to the candidate that passed its preview gates. Raise StepFailed."""
+
+    def retire(self, ctx: StepContext) -> None:  # noqa: B027 (optional hook)
+        """The post gates passed: let the previous version go (scale it down, remove its container)."""
+
 
 class DatabaseStep(Step):
     """A step that changes the database: undone by its own down units, or by restoring the backup."""

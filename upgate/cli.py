@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 
     backup = sub.add_parser(
         "backup", help="emergency backup: verified database dump, config files, model folders, recent logs",
-        description="Write one timestamped folder: the database (pg_dump -Fc verified by a full read, the schema "
+        description="Write one timestamped folder: the database (pg_dump -Fd verified by a full read, the schema "
                     "snapshot and the row fingerprints of the gated tables), upgate.toml and the app's config files, "
                     "the model folders, the tail of the service logs, and manifest.json with every file's sha256 "
                     "(read back before the command ends).",
@@ -176,17 +176,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def writable_folder(path: Path, option: str) -> Path:
-    """`path` as a folder upgate can write in (created if its parent exists); ConfigError says why not."""
+    """`path` as a folder upgate can write in (or create: its parent exists and is writable); ConfigError says
+    why not. Nothing is created here: a bad config found next must leave no trace."""
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{option} {path}: is a file, not a folder")
-    parent = path.resolve().parent
     if not path.exists():
+        parent = path.resolve().parent
         if not parent.is_dir():
             raise ConfigError(f"{option} {path}: its parent folder {parent} does not exist")
-        try:
-            path.mkdir()
-        except OSError as exc:
-            raise ConfigError(f"{option} {path}: cannot create it: {exc.strerror}") from None
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"{option} {path}: cannot create it: {parent} is not writable")
+        return path
     try:
         with tempfile.TemporaryFile(dir=path):
             pass

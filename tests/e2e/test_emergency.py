@@ -54,7 +54,7 @@ def test_backup_then_recover_after_a_disaster(target, tmp_path):
     manifest = json.loads((folder / "manifest.json").read_text())
     for name, entry in manifest["files"].items():
         assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == entry["sha256"], name
-    assert {"database/database.dump", "database/schema.json", "config/upgate.toml"} <= set(manifest["files"])
+    assert {"database/database.dir/toc.dat", "database/schema.json", "config/upgate.toml"} <= set(manifest["files"])
     assert manifest["database"]["fingerprints"] == {"episodic_logs": ROWS}
     assert any(name.startswith("logs/") for name in manifest["files"]), "no service log in the backup"
     assert manifest["database"]["dump"]["verified"] == "full"
@@ -80,13 +80,13 @@ def test_backup_then_recover_after_a_disaster(target, tmp_path):
 @pytest.mark.parametrize("target", ["good"], indirect=True)
 def test_a_changed_backup_is_refused_with_nothing_touched(target, tmp_path):
     folder = backup(target, tmp_path)
-    with (folder / "database" / "database.dump").open("ab") as dump:
+    with (folder / "database" / "database.dir" / "toc.dat").open("ab") as dump:
         dump.write(b"\0")
     pid = read_pidfile(target.pidfile)
     proc = upgate("recover", "--config", str(target.config), "--from", str(folder),
                   "--reports", str(tmp_path / "reports"), cwd=tmp_path)
     assert proc.returncode == 30, proc.stdout + proc.stderr
-    assert "database/database.dump changed since the backup" in proc.stdout and "nothing was touched" in proc.stdout
+    assert "database/database.dir/toc.dat changed since the backup" in proc.stdout and "nothing was touched" in proc.stdout
     assert read_pidfile(target.pidfile) == pid and serving_build(target.base_url) == "v1"
 
 
@@ -102,6 +102,6 @@ def test_recover_without_a_backup_is_a_usage_error(tmp_path):
 @pytest.mark.parametrize("target", ["good"], indirect=True)
 def test_the_dump_in_the_backup_restores_with_plain_pg_restore(target, tmp_path):
     folder = backup(target, tmp_path)
-    listing = subprocess.run([find_pg_tool("pg_restore"), "--list", str(folder / "database" / "database.dump")],
+    listing = subprocess.run([find_pg_tool("pg_restore"), "--list", str(folder / "database" / "database.dir")],
                              capture_output=True, text=True)
     assert listing.returncode == 0 and "TABLE DATA public episodic_logs" in listing.stdout

@@ -93,9 +93,12 @@ def test_blocked_plan_touches_nothing(target, tmp_path):
     assert "BLOCKED" in proc.stdout and "episodic_logs.metadata" in proc.stdout
     assert rows_digest(target.database_url) == before and columns(target.database_url) == cols
     run_dir = sorted((tmp_path / "reports" / "runs").iterdir())[-1]
-    assert not (run_dir / "backup").exists()
-    steps = [json.loads(line)["step"] for line in (run_dir / "journal.jsonl").read_text().splitlines()]
-    assert "backup" not in steps and "migrate" not in steps
+    assert not (run_dir / "backup").exists()  # the backup ran beside the pre-gates and was discarded
+    records = [json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records]
+    assert "migrate" not in steps and "deploy" not in steps
+    if ("backup", "verified") in [(r["step"], r["event"]) for r in records]:
+        assert ("backup", "discarded") in [(r["step"], r["event"]) for r in records]
     assert serving_build(target.base_url) == "v1"
 
 

@@ -4,7 +4,7 @@
     >>> recover(config, folder).exit_code                        # stop, restore, start previous, verify  # doctest: +SKIP
     0
 
-`upgate backup` writes one timestamped folder: `database/` (a `pg_dump -Fc` verified by a full read,
+`upgate backup` writes one timestamped folder: `database/` (a `pg_dump -Fd` directory archive verified by a full read,
 the schema snapshot and the row fingerprints of the gated tables), `config/` (upgate.toml, the
 files of `[config]` and `[compat] app_config`, the `[packages]` environment's installed set),
 `models/` (each `[[models]]` path and the `[model_upgrade]` live folder), `logs/` (the tail of the
@@ -155,7 +155,7 @@ def _backup_database(config: Config, folder: Path, say: Say) -> dict[str, Any]:
         pg_dump, pg_restore = (find_pg_tool(t, config.database.bin_dir) for t in ("pg_dump", "pg_restore"))
     except FileNotFoundError as exc:
         raise StepFailed(str(exc)) from None
-    say("backup", f"pg_dump -Fc of {redact(url)}, verified by a full read")
+    say("backup", f"pg_dump -Fd of {redact(url)}, verified by a full read")
     backup = take_backup(url, folder, pg_dump, pg_restore, compression=config.backup.compression, verify="full")
     with psycopg.connect(url, connect_timeout=int(config.database.connect_timeout_s)) as conn:
         schema = snapshot_schema(conn)

@@ -600,8 +600,7 @@ class _Early:
     def discard(self) -> None:
         """The pre-gates failed: no backup of a target that will not be touched is kept."""
         self.stop()
-        if self.step.backup is not None:
-            shutil.rmtree(self.step.backup.path, ignore_errors=True)
+        if self.step.discard(self.pipeline.ctx):
             self.pipeline.journal.write(self.step.name, "discarded", reason="the pre-gates failed")
 
 

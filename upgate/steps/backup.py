@@ -551,6 +551,18 @@ class BackupStep(RestorePoint):
         ctx.say("backup", f"{b.size_bytes / 2**20:.1f} MiB in {b.dump_s:.1f} s, verified ({b.verified} read) "
                           f"in {b.verify_s:.1f} s, sha256 {b.sha256[:12]}")
 
+    def discard(self, ctx: StepContext) -> bool:
+        """Remove this run's dump, finished or not (the pre-gates failed: nothing will be touched).
+        True when there was something to remove."""
+        folder = self._folder(ctx)
+        target = self.backup.path if self.backup is not None else folder / "database.dir"
+        found = target.exists()
+        shutil.rmtree(target, ignore_errors=True)
+        self.backup = None
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty: a configured [backup] directory may hold other runs' dumps
+        return found
+
     @property
     def available(self) -> bool:
         return self.backup is not None

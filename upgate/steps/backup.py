@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import psycopg
 from psycopg import sql
@@ -109,12 +109,13 @@ def verify_backup(path: Path, pg_restore: str, level: str = "full") -> float:
 
 
 def take_backup(url: str, folder: Path, pg_dump: str, pg_restore: str, compression: int = 1,
-                verify: str = "full") -> Backup:
+                verify: str = "full", snapshot: str | None = None) -> Backup:
+    """`snapshot`: dump what an exported snapshot shows (a live capture's baseline), not the database now."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / "database.dump"
     started = time.monotonic()
-    run_tool([pg_dump, "--format=custom", f"--compress={compression}", "--no-owner", "--file", str(target)],
-             "pg_dump", conninfo=url)
+    run_tool([pg_dump, "--format=custom", f"--compress={compression}", "--no-owner", "--file", str(target),
+              *([f"--snapshot={snapshot}"] if snapshot else [])], "pg_dump", conninfo=url)
     dump_s = time.monotonic() - started
     verify_s = verify_backup(target, pg_restore, verify)
     return Backup(path=target, size_bytes=target.stat().st_size, sha256=sha256_of(target), dump_s=round(dump_s, 3),
@@ -140,14 +141,31 @@ class RestoreOutcome:
 Progress = Callable[[str, dict[str, Any]], None]
 
 
+class SwapHook(Protocol):
+    """Live traffic around the swap (upgate/core/live.py `LiveSwap`): the one session the lockout spares, and
+    what runs once every other session is gone and before the restored database takes the live name."""
+
+    spare_application: str
+
+    def in_place(self, why: str) -> None: ...
+
+    def before_lockout(self, live_url: str) -> None: ...
+
+    def after_lockout(self, fresh_url: str) -> Any: ...
+
+    def after_swap(self) -> None: ...
+
+
 def restore_database(url: str, backup: Backup, pg_restore: str, psql: str, tag: str,
                      expected: SchemaSnapshot | None = None, jobs: int = 4,
-                     progress: Progress | None = None, resume: dict[str, Any] | None = None) -> RestoreOutcome:
+                     progress: Progress | None = None, resume: dict[str, Any] | None = None,
+                     swap_hook: SwapHook | None = None) -> RestoreOutcome:
     """Make the database at `url` exactly the backup again (see the module docstring for how).
 
     `tag` names the fresh and the kept database; `expected` is the baseline schema the result must
     equal; `progress(event, detail)` is called as each part commits (the journal); `resume` is what
-    the journal says an earlier, killed restore had done (its last event and names).
+    the journal says an earlier, killed restore had done (its last event and names); `swap_hook` is called
+    around the swap (live traffic: the writes since the baseline replayed onto the restored database).
     """
     if sha256_of(backup.path) != backup.sha256:
         raise StepFailed(f"backup {backup.path} changed since it was verified (checksum mismatch): not restoring")
@@ -162,8 +180,10 @@ def restore_database(url: str, backup: Backup, pg_restore: str, psql: str, tag: 
     with _maintenance(url) as admin:
         plan = _can_swap(admin, names["live"])
     if plan is None:
-        outcome = _restore_fresh(url, backup, pg_restore, names, expected, jobs, say)
+        outcome = _restore_fresh(url, backup, pg_restore, names, expected, jobs, say, swap_hook)
     else:
+        if swap_hook is not None:
+            swap_hook.in_place(plan)
         say("fallback", {"why": plan})
         outcome = _restore_in_place(url, backup, pg_restore, psql, expected, say)
         outcome.notes.append(f"restored in place: {plan}")
@@ -222,7 +242,8 @@ def _can_swap(admin: psycopg.Connection, live: str) -> str | None:
 
 
 def _restore_fresh(url: str, backup: Backup, pg_restore: str, names: dict[str, str],
-                   expected: SchemaSnapshot | None, jobs: int, say: Progress) -> RestoreOutcome:
+                   expected: SchemaSnapshot | None, jobs: int, say: Progress,
+                   swap_hook: SwapHook | None = None) -> RestoreOutcome:
     live, fresh = names["live"], names["fresh"]
     fresh_url = make_conninfo(url, dbname=fresh)
     with _maintenance(url) as admin:
@@ -242,7 +263,7 @@ def _restore_fresh(url: str, backup: Backup, pg_restore: str, names: dict[str, s
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(fresh)))
         raise
     with _maintenance(url) as admin:
-        _swap(admin, names, say)
+        _swap(admin, names, say, hook=swap_hook, url=url)
     return RestoreOutcome("fresh-database", 0.0, live, kept_as=names["failed"], schema_checked=checked, notes=notes)
 
 
@@ -270,14 +291,30 @@ def _finish_swap(url: str, names: dict[str, str], resume: dict[str, Any],
     return None
 
 
-def _swap(admin: psycopg.Connection, names: dict[str, str], say: Progress, already_out: bool = False) -> None:
+def _swap(admin: psycopg.Connection, names: dict[str, str], say: Progress, already_out: bool = False,
+          hook: SwapHook | None = None, url: str | None = None) -> None:
     live, fresh, failed = (sql.Identifier(names[k]) for k in ("live", "fresh", "failed"))
+    swapped = hook
     if not already_out:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(failed))
+        spared = hook.spare_application if hook is not None else ""
+        if hook is not None and url is not None:
+            hook.before_lockout(url)
         admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(live))
         for attempt in range(50):
             admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                          "WHERE datname = %s AND pid <> pg_backend_pid()", (names["live"],))
+                          "WHERE datname = %s AND pid <> pg_backend_pid() AND application_name <> %s",
+                          (names["live"], spared))
+            if hook is not None and url is not None:
+                try:
+                    detail = hook.after_lockout(make_conninfo(url, dbname=names["fresh"]))
+                except BaseException:
+                    admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(live))
+                    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(fresh))
+                    raise
+                say("replayed", {"detail": detail, **names})
+                hook, spared = None, ""
+                continue
             try:
                 admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(live, failed))
                 break
@@ -297,6 +334,8 @@ def _swap(admin: psycopg.Connection, names: dict[str, str], say: Progress, alrea
                          "database was put back under its name unchanged") from None
     admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(failed))
     say("renamed-in", dict(names))
+    if swapped is not None:
+        swapped.after_swap()
 
 
 def _create_like(admin: psycopg.Connection, live: str, fresh: str) -> sql.Composed:
@@ -455,8 +494,9 @@ class BackupStep(RestorePoint):
     def do(self, ctx: StepContext) -> None:
         cfg = self.config.backup
         ctx.say("backup", f"pg_dump -Fc -Z{cfg.compression} of {redact(self.url)}")
+        snapshot = ctx.live.snapshot if ctx.live is not None else None  # a live capture's baseline
         self.backup = take_backup(self.url, self._folder(ctx), self._tool("pg_dump"), self._tool("pg_restore"),
-                                  compression=cfg.compression, verify=cfg.verify)
+                                  compression=cfg.compression, verify=cfg.verify, snapshot=snapshot)
         ctx.journal.write(self.name, "verified", backup=self.backup.to_json())
         b = self.backup
         ctx.say("backup", f"{b.size_bytes / 2**20:.1f} MiB in {b.dump_s:.1f} s, verified ({b.verified} read) "
@@ -486,8 +526,11 @@ class BackupStep(RestorePoint):
                                                   f"kept as {detail.get('failed')}",
                                     "fallback": f"restoring in place: {detail.get('why')}"}[event])
 
+        if ctx.live is not None:  # live traffic: stop before restoring what could not be brought back
+            ctx.live.before_restore()
         outcome = restore_database(self.url, self.backup, self._tool("pg_restore"), self._tool("psql"), tag,
-                                   expected=expected, progress=progress, resume=self.restore_state)
+                                   expected=expected, progress=progress, resume=self.restore_state,
+                                   swap_hook=ctx.live.swap_hook() if ctx.live is not None else None)
         ctx.journal.write("restore", "done", outcome=outcome.to_json())
         self.restore_state = None
         self.outcome = outcome

@@ -656,7 +656,7 @@ def judge(
     allow_added: bool = True,
     first: int = 20,
     names: dict[int, Any] | None = None,
-    attributed_to: str = "elsewhere",
+    attributed_to: str = "",
 ) -> CheckResult:
     """The verdict on a `Damage`: ok when nothing was lost or changed (and nothing added, if refused).
 
@@ -693,7 +693,7 @@ def judge(
         summary += " (no key: compared as a multiset of rows)"
     attributed = {k: int(v) for k, v in damage.attributed.items()}
     if any(attributed.values()):
-        summary += f" (attributed to {attributed_to}: " + ", ".join(f"{v} {k}" for k, v in attributed.items() if v) + ")"
+        summary += f" (attributed {f'to {attributed_to}' if attributed_to else 'elsewhere'}: " + ", ".join(f"{v} {k}" for k, v in attributed.items() if v) + ")"
     evidence = {
         "table": table,
         "key_kind": damage.key_kind,

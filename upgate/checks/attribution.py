@@ -318,10 +318,11 @@ def replay_key(events: Sequence[Event], baseline: Row | None, preserved: Sequenc
 
 
 def read_rows(conn: psycopg.Connection[Any], table: str, key: Sequence[str], keys: Sequence[Key],
-              columns: Sequence[str] | None = None) -> dict[Key, Row]:
+              columns: Sequence[str] | None = None, lock: bool = False) -> dict[Key, Row]:
     """The rows of `table` with these keys (text tuples), every column (or `columns`) as text, by key.
 
-    Runs in whatever transaction `conn` is in: import a snapshot first to read the baseline.
+    Runs in whatever transaction `conn` is in: import a snapshot first to read the baseline; `lock` takes
+    them FOR UPDATE (no other session changes them until that transaction ends).
     """
     wanted = [k for k in dict.fromkeys(keys) if all(v is not None for v in k)]
     if not wanted or not key:
@@ -329,14 +330,16 @@ def read_rows(conn: psycopg.Connection[Any], table: str, key: Sequence[str], key
     row = conn.execute("SELECT %s::regclass::text, %s::regclass::oid", (table, table)).fetchone()
     assert row is not None
     relation, oid = row
-    types = dict(conn.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s "
-                              "AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (oid,)).fetchall())
+    described = conn.execute("SELECT attname, format_type(atttypid, atttypmod), atttypid FROM pg_attribute "
+                             "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (oid,)).fetchall()
+    types = {name: kind for name, kind, _ in described}
     shown = list(columns) if columns is not None else list(types)
     shown = [c for c in shown if c in types]
     keys_in = [sql.Identifier(f"k{i}") for i in range(len(key))]
-    query = sql.SQL("SELECT {keys}, {values} FROM {table} AS t JOIN unnest({arrays}) AS u({names}) ON {join}").format(
+    query = sql.SQL("SELECT {keys}, {values} FROM {table} AS t JOIN unnest({arrays}) AS u({names}) ON {join}{lock}").format(
+        lock=sql.SQL(" FOR UPDATE OF t" if lock else ""),
         keys=sql.SQL(", ").join(sql.SQL("u.{}").format(k) for k in keys_in),
-        values=sql.SQL(", ").join(sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in shown) if shown
+        values=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in shown) if shown
         else sql.SQL("NULL"),
         table=sql.SQL(relation),
         arrays=sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in key),
@@ -346,9 +349,20 @@ def read_rows(conn: psycopg.Connection[Any], table: str, key: Sequence[str], key
     )
     found: dict[Key, Row] = {}
     columns_of = [[k[i] for k in wanted] for i in range(len(key))]
-    for values in conn.execute(query, columns_of).fetchall():
+    for values in text_cursor(conn, [t for _, _, t in described]).execute(query, columns_of).fetchall():
         found[tuple(values[: len(key)])] = dict(zip(shown, values[len(key):], strict=False))
     return found
+
+
+def text_cursor(conn: psycopg.Connection[Any], type_oids: Iterable[int]) -> psycopg.Cursor[Any]:
+    """A cursor that returns values of these types as the server prints them (their output function, as
+    logical decoding sends them: char(n) keeps its padding, which a cast to text would trim)."""
+    from psycopg.types.string import TextLoader
+
+    cursor = conn.cursor()
+    for oid in set(type_oids):
+        cursor.adapters.register_loader(oid, TextLoader)
+    return cursor
 
 
 def rows_at_snapshot(url: str, snapshot: str, timezone: str | None = None) -> Callable[..., dict[Key, Row]]:

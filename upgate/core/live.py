@@ -232,11 +232,13 @@ class LiveView:
         return []
 
     def events(self, name: str) -> TableEvents:
+        """The table's changes since the baseline by key, each classified. The stream is read before the
+        records: every transaction it holds has its record committed with it, so none reads as unknown."""
         table = self.table(name)
         if table is None:
             raise ValueError(f"table {name!r} was not captured (not among the gated tables at the baseline)")
-        return table_events(self.stream({table.qualified}), table.qualified, table.key, self.classifier(),
-                            self.baseline)
+        items = list(self.stream({table.qualified}))
+        return table_events(items, table.qualified, table.key, self.classifier(refresh=True), self.baseline)
 
     def fetcher(self) -> Callable[..., Any] | None:
         """Reads baseline rows through the held snapshot; None once nothing holds it (after the run)."""
@@ -265,15 +267,16 @@ class LiveView:
 
     def counts(self) -> dict[str, Any]:
         """Transactions and row changes by class and table since the baseline (decode mode), for the report."""
-        who = self.classifier(refresh=True)
         shown = self.baseline
         by_class: dict[str, Counter[str]] = {}
         transactions: dict[str, set[int]] = {}
         first: datetime | None = None
         last: datetime | None = None
+        names = {t["qualified"]: name for name, t in self.state["tables"].items()}
+        items = list(self.stream(set(names))) if self.mode == "decode" else []
+        who = self.classifier(refresh=True)  # after the stream: see `events`
         if self.mode == "decode":
-            names = {t["qualified"]: name for name, t in self.state["tables"].items()}
-            for item in self.stream(set(names)):
+            for item in items:
                 if isinstance(item, str) or shown.shows(item.xid):
                     continue
                 cls = who.classify(item.xid)
@@ -475,14 +478,14 @@ class LiveCapture:
     def _replay_plan(self, fetch: Callable[..., Any] | None) -> ReplayPlan:
         """Everything live traffic wrote since the baseline, by table and key, and what a replay cannot do."""
         view = self.view()
-        who = view.classifier(refresh=True)
         plan = ReplayPlan(self.mode, self.config.rollback.discard_live_writes)
         shown = view.baseline
+        items = list(view.stream({t.qualified for t in self._tables()})) if self.mode == "decode" else []
+        who = view.classifier(refresh=True)  # after the stream: see LiveView.events
         if self.mode != "decode":
             plan.xmin_live = [r for r in who.records.values()
                               if who.classify(r.xid) == LIVE and not shown.shows(r.xid & 0xFFFFFFFF)]
             return plan
-        items = list(view.stream({t.qualified for t in self._tables()}))
         for table in self._tables():
             events = table_events(items, table.qualified, table.key, who, shown)
             plan.tables[table.name] = events
@@ -538,13 +541,6 @@ class LiveCapture:
 
     # --- repair ---------------------------------------------------------------------------------------
 
-    def repair(self, say: Callable[[str, str], None]) -> dict[str, Any]:
-        from upgate.core.repair import repair_damage
-
-        outcome = repair_damage(self.config, self.run, self.view().fetcher(), say)
-        self.rollback.setdefault("repairs", []).append(outcome)
-        return outcome
-
     # --- the end --------------------------------------------------------------------------------------
 
     def close(self) -> dict[str, Any]:
@@ -599,16 +595,18 @@ class LiveCapture:
         table go: what a reader audits, and what `upgate rollback` of this run reads later."""
         current = self.state["generations"][-1]
         index = len(self.state["generations"]) - 1
-        records = view.records(refresh=True)
-        records_file = self.run.path / "live" / f"xacts-{index}.json"
-        _save_records(records_file, records)
-        current["records"] = records_file.relative_to(self.run.path).as_posix()
+        batch = None
         if current.get("slot") and not current.get("file"):
-            who = Classifier(records, frozenset(self.state["upgrade_apps"]))
-            shown = view.baseline
             with _connect(self.url) as conn:
                 batch = peek_changes(conn, current["slot"], current["publications"],
                                      tables={t.qualified for t in self._tables()})
+        records = view.records(refresh=True)  # after the stream: see LiveView.events
+        records_file = self.run.path / "live" / f"xacts-{index}.json"
+        _save_records(records_file, records)
+        current["records"] = records_file.relative_to(self.run.path).as_posix()
+        if batch is not None:
+            who = Classifier(records, frozenset(self.state["upgrade_apps"]))
+            shown = view.baseline
             kept = [t for t in batch.transactions if not shown.shows(t.xid) and who.classify(t.xid) == LIVE]
             path = self.run.path / "live" / f"live-{index}.jsonl"
             path.unlink(missing_ok=True)

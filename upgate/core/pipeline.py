@@ -212,10 +212,10 @@ class Pipeline:
             return False
         if not all("test_integrity.py" in f["nodeid"] for f in last.failures) or not damaged_tables(self.run):
             return False
-        fetch = self.live.view().fetcher() if self.live is not None else None
+        view = self.live.view() if self.live is not None else None
 
         def go() -> dict[str, Any]:
-            done = repair_damage(self.config, self.run, fetch, self.console.step)
+            done = repair_damage(self.config, self.run, view, self.console.step)
             self.rollback_record.repair = done
             if self.live is not None:
                 self.live.rollback.setdefault("repairs", []).append(done)

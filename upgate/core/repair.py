@@ -28,7 +28,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from upgate.checks.attribution import LIVE, TRUNCATE, Key, Row, key_from_json, read_rows, replay_states
+from upgate.checks.attribution import LIVE, TRUNCATE, Key, Row, read_rows, replay_states, text_cursor
 from upgate.checks.integrity import (
     HASHED,
     INTEGER,
@@ -46,7 +46,7 @@ from upgate.core.runs import RunDir
 from upgate.errors import StepFailed
 
 if TYPE_CHECKING:
-    from upgate.core.live import ReplayPlan
+    from upgate.core.live import LiveView, ReplayPlan
 
 REPAIR_APP = "upgate-repair"
 REPLAY_APP = "upgate-replay"
@@ -63,58 +63,68 @@ def damaged_tables(run: RunDir) -> list[str]:
     return [t for t in tables if (run.path / "integrity" / f"{_stem(t)}.damage.npz").exists()]
 
 
-def repair_damage(config: Config, run: RunDir, fetch: Fetch | None, say: Callable[[str, str], None],
+def repair_damage(config: Config, run: RunDir, view: LiveView | None, say: Callable[[str, str], None],
                   delete_added: bool | None = None) -> dict[str, Any]:
     """Repair what the last integrity verdict named, in one transaction; StepFailed when it cannot.
 
-    `fetch(table, key, keys, columns)` reads baseline rows (the held snapshot); None: from the backup.
+    Baseline rows come through `view`'s held snapshot, else from the backup (a scratch database). The
+    damaged rows are locked first, then the live stream is read again: a row live traffic wrote since the
+    verdict gets what it wrote, and only the columns that differ from what the row should hold are written.
     `delete_added`: rows the upgrade added go too (default: when a live capture told them from live traffic).
     """
     url = config.database.url
     if not url:
         raise StepFailed("repair: no database configured")
     started = time.monotonic()
-    work: list[tuple[Fingerprint, Damage, dict[str, Any]]] = []
+    work: list[tuple[Fingerprint, Damage]] = []
     for table in damaged_tables(run):
-        fingerprint = Fingerprint.load(run.baseline / "fingerprints", table)
         damage = Damage.load(run.path / "integrity", table)
         info_path = run.path / "integrity" / f"{_stem(table)}.repair.json"
         info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
-        blocked = [f"{info[k]} {label}" for k, label in (("contested", "contested"),
-                                                           ("unverifiable", "unverifiable"),
-                                                           ("unattributable", "unattributable lost"))
-                   if info.get(k)]
-        if blocked:
-            raise StepFailed(f"{table}: cannot repair {', '.join(blocked)} rows (what they should hold is not "
-                             "known); the backup must be restored")
+        if info.get("unattributable"):
+            raise StepFailed(f"{table}: {info['unattributable']} lost rows cannot be attributed (live traffic or the "
+                             "upgrade): a repair cannot know whether to put them back; the backup must be restored")
         if not damage.empty:
-            work.append((fingerprint, damage, info))
+            work.append((Fingerprint.load(run.baseline / "fingerprints", table), damage))
     if not work:
         raise StepFailed("the integrity gates named no damaged rows: nothing a repair can put back")
-    captured = (run.baseline / "live.json").exists()
-    drop_added = captured if delete_added is None else delete_added
-    source = "baseline snapshot"
+    drop_added = (view is not None) if delete_added is None else delete_added
+    fetch = view.fetcher() if view is not None else None
     with contextlib.ExitStack() as stack:
-        if fetch is None:
-            source = "backup (scratch database)"
-            scratch = stack.enter_context(_scratch_from_backup(config, run, [f.table for f, _, _ in work]))
-            fetch = _fetch_from(scratch)
-            rows_source: tuple[str, str | None] = (scratch, None)
-        else:
-            rows_source = (url, _snapshot_of(run))
-        say("repair", f"{sum(d.lost.size + d.changed.size for _, d, _ in work)} damaged rows in {len(work)} tables; "
-                      f"their baseline from the {source}")
+        scratch: list[str] = []
+
+        def backup_rows() -> Fetch:
+            if not scratch:
+                scratch.append(stack.enter_context(_scratch_from_backup(config, run, [f.table for f, _ in work])))
+            return _fetch_from(scratch[0])
+
+        source = "baseline snapshot" if fetch is not None else "backup (scratch database)"
+        say("repair", f"{sum(d.lost.size + d.changed.size + d.added.size for _, d in work)} damaged rows in "
+                      f"{len(work)} tables; their baseline from the {source}")
         done: list[Applied] = []
         with psycopg.connect(url, application_name=REPAIR_APP, connect_timeout=10) as conn:
             pin_settings(conn, TIMEZONE)
             try:
-                for fingerprint, damage, info in work:
-                    done.append(_repair_table(conn, url, run, fingerprint, damage, info, fetch, rows_source,
-                                              drop_added))
+                for fingerprint, damage in work:
+                    if fingerprint.key_kind == ROWS:
+                        if fetch is not None:
+                            origin: tuple[str, str | None] = (url, _snapshot_of(run))
+                        else:
+                            backup_rows()
+                            origin = (scratch[0], None)
+                        done.append(_repair_keyless(conn, fingerprint, damage, origin, drop_added))
+                    else:
+                        done.append(_repair_table(conn, url, fingerprint, damage, view, fetch, backup_rows,
+                                                  drop_added))
             except (RepairMismatch, psycopg.Error, ValueError) as exc:
                 conn.rollback()
                 raise StepFailed(f"repair rolled back, nothing changed: {_first_line(exc)}") from None
+            except BaseException:
+                conn.rollback()
+                raise
             conn.commit()
+        if scratch:
+            source = "backup (scratch database)" if fetch is None else "baseline snapshot and backup"
     seconds = round(time.monotonic() - started, 3)
     for applied in done:
         say("repair", f"{applied.summary} (read back, equal)")
@@ -122,39 +132,57 @@ def repair_damage(config: Config, run: RunDir, fetch: Fetch | None, say: Callabl
             "rows": sum(a.rows for a in done)}
 
 
-def _repair_table(conn: psycopg.Connection[Any], url: str, run: RunDir, fp: Fingerprint, damage: Damage,
-                  info: dict[str, Any], fetch: Fetch, rows_source: tuple[str, str | None],
-                  drop_added: bool) -> Applied:
-    if fp.key_kind == ROWS:
-        return _repair_keyless(conn, fp, damage, rows_source, drop_added)
-    mixed = {key_from_json(k): v for k, v in (info.get("mixed") or {}).items()}
+def _repair_table(conn: psycopg.Connection[Any], url: str, fp: Fingerprint, damage: Damage, view: LiveView | None,
+                  fetch: Fetch | None, backup_rows: Callable[[], Fetch], drop_added: bool) -> Applied:
     key = list(fp.key_columns)
-    hashes = [int(v) for v in np.concatenate([damage.lost, damage.changed])]
-    keys = _keys_of(run, url, fp, hashes, current=False)
-    plain = [k for k in keys.values() if k not in mixed]
-    columns = _baseline_columns(run, fp.table)
-    baseline = fetch(fp.table, key, plain, columns) if plain else {}
-    missing = [k for k in plain if k not in baseline]
-    lost_keys = {keys[int(h)] for h in damage.lost if int(h) in keys}
-    missing_lost = [k for k in missing if k in lost_keys]
-    if missing_lost or len(keys) < len(hashes):
-        raise StepFailed(f"{fp.table}: {len(missing_lost) or len(hashes) - len(keys)} damaged rows are not in the "
-                         "baseline source (a rewritten table hides them from the old snapshot)")
-    targets: dict[Key, Row | None] = {k: baseline[k] for k in plain if k in baseline}
-    whole = set(targets)
-    for k, fix in mixed.items():
-        if "row" in fix:
-            targets[k] = dict(fix["row"])
-            whole.add(k)
+    named = _keys_of(url, fp, [int(v) for v in np.concatenate([damage.lost, damage.changed])], current=False)
+    if len(named) < damage.lost.size + damage.changed.size:
+        raise StepFailed(f"{fp.table}: {damage.lost.size + damage.changed.size - len(named)} damaged keys cannot be "
+                         "named (no key names beside the baseline fingerprint)")
+    at_baseline = list(dict.fromkeys(named.values()))
+    added = list(_keys_of(url, fp, [int(v) for v in damage.added], current=True).values()) if drop_added else []
+    keys = list(dict.fromkeys([*at_baseline, *added]))
+    current = read_rows(conn, fp.table, key, keys, lock=True)  # from here on no one else writes them
+    baseline = fetch(fp.table, key, at_baseline) if fetch is not None else {}
+    missing = [k for k in at_baseline if k not in baseline]
+    if missing:  # no snapshot, or a rewritten table the old snapshot shows empty: the backup has them
+        baseline.update(backup_rows()(fp.table, key, missing))
+        missing = [k for k in at_baseline if k not in baseline]
+        if missing:
+            raise StepFailed(f"{fp.table}: {len(missing)} damaged rows are in neither the baseline snapshot nor the "
+                             f"backup (e.g. {list(missing[0])})")
+    events = view.events(fp.table) if view is not None else None  # read after the locks: nothing newer can come
+    targets: dict[Key, Row | None] = {}
+    inserts: set[Key] = set()
+    contested: list[Key] = []
+    for k in keys:
+        base = baseline.get(k)
+        if events is not None:
+            state = replay_states(events.history(k), base, fp.columns)
+            if state.contested:
+                contested.append(k)
+                continue
+            expected = state.expected
         else:
-            targets[k] = dict(fix.get("columns") or {})
-    if drop_added and damage.added.size:
-        for k in _keys_of(run, url, fp, [int(v) for v in damage.added], current=True).values():
-            targets.setdefault(k, None)
-    return apply_targets(conn, fp.table, key, targets, whole=whole)
+            expected = base
+        now = current.get(k)
+        if expected is None:
+            if now is not None:
+                targets[k] = None
+        elif now is None:
+            targets[k] = dict(expected)
+            inserts.add(k)
+        else:
+            differ = {c: v for c, v in expected.items() if c in now and now[c] != v}
+            if differ:
+                targets[k] = differ
+    if contested:
+        raise StepFailed(f"{fp.table}: {len(contested)} rows live traffic wrote after the upgrade had changed them "
+                         f"({', '.join(str(list(k)) for k in contested[:5])}): what they should hold is not known")
+    return apply_targets(conn, fp.table, key, targets, whole=inserts)
 
 
-def _keys_of(run: RunDir, url: str, fp: Fingerprint, values: Sequence[int], current: bool) -> dict[int, Key]:
+def _keys_of(url: str, fp: Fingerprint, values: Sequence[int], current: bool) -> dict[int, Key]:
     """Fingerprint key-space values -> key tuples (text): integers as they are; hashed keys by name."""
     if fp.key_kind == INTEGER:
         return {v: (str(v),) for v in values}
@@ -162,15 +190,6 @@ def _keys_of(run: RunDir, url: str, fp: Fingerprint, values: Sequence[int], curr
         return {}
     found = name_keys(url, fp, values) if current else (read_key_names(fp.key_names, values) if fp.key_names else {})
     return {h: tuple(str(v) for v in (k if isinstance(k, list) else [k])) for h, k in found.items()}
-
-
-def _baseline_columns(run: RunDir, table: str) -> list[str] | None:
-    schema = run.load_baseline("schema")
-    tables = (schema or {}).get("tables") or {}
-    for name in (table, table.replace('"', ""), f"public.{table}"):
-        if name in tables:
-            return list(tables[name])
-    return None
 
 
 def _repair_keyless(conn: psycopg.Connection[Any], fp: Fingerprint, damage: Damage,
@@ -199,15 +218,17 @@ def rows_by_hash(url: str, fp: Fingerprint, hashes: Sequence[int], snapshot: str
         wanted[int(h)] = wanted.get(int(h), 0) + 1
     rows: list[Row] = []
     with _scan_plan(url, fp.table, fp.columns, [], 1, fp.types, 0, fp.timezone, ROWS, snapshot) as plan:
-        columns = [c for c, in plan.leader.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
-            "ORDER BY attnum", (fp.table,)).fetchall()]
+        described = plan.leader.execute(
+            "SELECT attname, atttypid FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+            "AND NOT attisdropped ORDER BY attnum", (fp.table,)).fetchall()
+        columns = [c for c, _ in described]
+        cursor = text_cursor(plan.leader, [t for _, t in described])
         for relation in dict.fromkeys(r for r, _ in plan.chunks):
             query = sql.SQL("SELECT {} AS h, {} FROM {} AS t WHERE {} = ANY(%s)").format(
-                plan.row_hash, sql.SQL(", ").join(sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in columns),
+                plan.row_hash, sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns),
                 sql.SQL(relation), plan.row_hash)
-            for values in plan.leader.execute(query, (list(wanted),)).fetchall():
-                h = int(values[0])
+            for values in cursor.execute(query, (list(wanted),)).fetchall():
+                h = int(values[0])  # the hash comes back as text too
                 if wanted.get(h, 0) > 0:
                     wanted[h] -= 1
                     rows.append(dict(zip(columns, values[1:], strict=True)))

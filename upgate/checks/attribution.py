@@ -161,6 +161,9 @@ class TableEvents:
     transactions: dict[str, set[int]] = field(default_factory=dict)
     first_at: datetime | None = None
     last_at: datetime | None = None
+    seq: int = 0  # the last sequence number given (to extend these events with a later part of the stream)
+    #: The keys the last part of the stream read into these events touched.
+    touched: set[Key] = field(default_factory=set)
 
     def classes_of(self, key: Key) -> set[str]:
         return {e.cls for e in self.by_key.get(key, ())}
@@ -181,13 +184,15 @@ StreamItem = Transaction | str
 
 
 def table_events(stream: Iterable[StreamItem], table: str, key: Sequence[str], who: Classifier,
-                 shown: BaselineSnapshot | None = None) -> TableEvents:
+                 shown: BaselineSnapshot | None = None, into: TableEvents | None = None) -> TableEvents:
     """The changes `stream` holds for `table` (schema.name) after the baseline `shown` already holds, by key.
 
-    An Update that changes the key is a Delete of the old key and an Insert of the new one.
+    An Update that changes the key is a Delete of the old key and an Insert of the new one. `into`: events
+    of the stream before this part, extended in place (the keys this part touches: `TableEvents.touched`).
     """
-    out = TableEvents(table, tuple(key))
-    seq = 0
+    out = into if into is not None else TableEvents(table, tuple(key))
+    out.touched = set()
+    seq = out.seq
     for item in stream:
         seq += 1
         if isinstance(item, str):
@@ -223,6 +228,7 @@ def table_events(stream: Iterable[StreamItem], table: str, key: Sequence[str], w
                 out.by_key.setdefault(before, []).append(Event(seq, cls, DELETE, None, item.xid, item.committed_at))
                 out.by_key.setdefault(after, []).append(Event(seq, cls, INSERT, _full(change.new), item.xid,
                                                               item.committed_at))
+                out.touched |= {before, after}
                 continue
             target = after if change.op != DELETE else before
             if target is None:
@@ -230,6 +236,8 @@ def table_events(stream: Iterable[StreamItem], table: str, key: Sequence[str], w
                 continue
             values = None if change.op == DELETE else dict(change.new or {})
             out.by_key.setdefault(target, []).append(Event(seq, cls, change.op, values, item.xid, item.committed_at))
+            out.touched.add(target)
+    out.seq = seq
     return out
 
 
@@ -586,6 +594,7 @@ def judge_by_xmin(
     who: Classifier,
     allow_added: bool = True,
     first: int = 20,
+    qualified: str | None = None,
 ) -> LiveVerdict:
     """Without logical decoding: a changed or added row is live traffic's when its current version was written
     by a live transaction (its xmin). Deletions leave no row to ask: a lost row is the upgrade's unless live
@@ -601,7 +610,7 @@ def judge_by_xmin(
                          for v in values], dtype=bool)
         attributed[kind] = int(np.count_nonzero(live))
         kept[kind] = values[~live]
-    blind = who.blind(baseline.table)
+    blind = who.blind(qualified or baseline.table)  # schema.name, as the trigger records it
     notes = []
     unattributable = 0
     if raw.lost.size and blind:

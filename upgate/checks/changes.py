@@ -143,38 +143,50 @@ class ProtocolError(ValueError):
 # ------------------------------------------------------------------------------------------ parsing
 
 
+_I8, _I16, _I32, _U32, _I64, _U64 = (struct.Struct(f) for f in (">b", ">h", ">i", ">I", ">q", ">Q"))
+
+
 class _Reader:
+    __slots__ = ("at", "data")
+
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.at = 0
 
     def take(self, n: int) -> bytes:
-        if self.at + n > len(self.data):
-            raise ProtocolError(f"message ends early: wanted {n} bytes at {self.at} of {len(self.data)}")
-        chunk = self.data[self.at : self.at + n]
-        self.at += n
-        return chunk
+        at = self.at
+        if at + n > len(self.data):
+            raise ProtocolError(f"message ends early: wanted {n} bytes at {at} of {len(self.data)}")
+        self.at = at + n
+        return self.data[at : at + n]
+
+    def _unpack(self, fmt: struct.Struct) -> int:
+        at = self.at
+        if at + fmt.size > len(self.data):
+            raise ProtocolError(f"message ends early: wanted {fmt.size} bytes at {at} of {len(self.data)}")
+        self.at = at + fmt.size
+        return int(fmt.unpack_from(self.data, at)[0])
 
     def byte(self) -> str:
-        return self.take(1).decode("ascii")
+        return chr(self.take(1)[0])
 
     def int8(self) -> int:
-        return int(struct.unpack(">b", self.take(1))[0])
+        return self._unpack(_I8)
 
     def int16(self) -> int:
-        return int(struct.unpack(">h", self.take(2))[0])
+        return self._unpack(_I16)
 
     def int32(self) -> int:
-        return int(struct.unpack(">i", self.take(4))[0])
+        return self._unpack(_I32)
 
     def uint32(self) -> int:
-        return int(struct.unpack(">I", self.take(4))[0])
+        return self._unpack(_U32)
 
     def int64(self) -> int:
-        return int(struct.unpack(">q", self.take(8))[0])
+        return self._unpack(_I64)
 
     def uint64(self) -> int:
-        return int(struct.unpack(">Q", self.take(8))[0])
+        return self._unpack(_U64)
 
     def string(self) -> str:
         end = self.data.index(b"\0", self.at)
@@ -188,25 +200,36 @@ def _timestamp(micros: int) -> datetime:
 
 
 def _tuple(reader: _Reader, relation: Relation) -> tuple[dict[str, str | None], tuple[str, ...]]:
+    data = reader.data
     count = reader.int16()
     if count != len(relation.columns):
         raise ProtocolError(f"{relation.qualified}: a row of {count} columns, the relation has "
                             f"{len(relation.columns)}")
     values: dict[str, str | None] = {}
     unchanged: list[str] = []
+    at = reader.at
+    end = len(data)
     for column in relation.columns:
-        kind = reader.byte()
-        if kind == "n":
+        if at >= end:
+            raise ProtocolError(f"{relation.qualified}.{column}: the row ends early")
+        kind = data[at]
+        at += 1
+        if kind == 0x6E:  # n: NULL
             values[column] = None
-        elif kind == "u":
+        elif kind == 0x75:  # u: an unchanged TOASTed value, not sent
             unchanged.append(column)
-        elif kind in ("t", "b"):
-            raw = reader.take(reader.int32())
-            if kind == "b":
-                raise ProtocolError(f"{relation.qualified}.{column}: a binary value (decode with binary 'false')")
-            values[column] = raw.decode("utf-8")
+        elif kind == 0x74:  # t: text
+            (length,) = _I32.unpack_from(data, at)
+            at += 4
+            if at + length > end:
+                raise ProtocolError(f"{relation.qualified}.{column}: the value ends early")
+            values[column] = data[at : at + length].decode("utf-8")
+            at += length
+        elif kind == 0x62:  # b: binary
+            raise ProtocolError(f"{relation.qualified}.{column}: a binary value (decode with binary 'false')")
         else:
-            raise ProtocolError(f"{relation.qualified}.{column}: unknown column kind {kind!r}")
+            raise ProtocolError(f"{relation.qualified}.{column}: unknown column kind {chr(kind)!r}")
+    reader.at = at
     return values, tuple(unchanged)
 
 

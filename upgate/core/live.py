@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -68,6 +68,9 @@ from upgate.config import Config
 from upgate.core.runs import RunDir
 from upgate.errors import StepFailed
 from upgate.steps.base import StepPlan
+
+if TYPE_CHECKING:
+    from upgate.core.repair import Replayed
 
 SCHEMA = "upgate_live"
 HOLDER_APP = "upgate-live"
@@ -203,12 +206,15 @@ class LiveView:
     # --- what -------------------------------------------------------------------------------------
 
     def stream(self, tables: set[str] | None = None) -> Iterator[StreamItem]:
-        """Every transaction since the slot was created, in commit order, generations separated by RESTORE."""
+        """Every transaction since the slot was created, in commit order, generations separated by RESTORE.
+
+        A generation is what its files kept (the slot was then moved past it) and what its slot still holds.
+        """
         for index, generation in enumerate(self.state["generations"]):
             if index:
                 yield RESTORE
-            if generation.get("file"):
-                for transaction in read_transactions(self.run.path / generation["file"]):
+            for name in generation.get("files", []):
+                for transaction in read_transactions(self.run.path / name):
                     if tables is None:
                         yield transaction
                     else:
@@ -216,7 +222,7 @@ class LiveView:
                         if kept:
                             yield Transaction(transaction.xid, transaction.commit_lsn, transaction.end_lsn,
                                               transaction.committed_at, kept)
-            elif generation.get("slot"):
+            if generation.get("slot") and not generation.get("retired"):
                 yield from self._peek(generation, tables)
 
     def _peek(self, generation: dict[str, Any], tables: set[str] | None) -> list[Transaction]:
@@ -232,13 +238,21 @@ class LiveView:
         return []
 
     def events(self, name: str) -> TableEvents:
-        """The table's changes since the baseline by key, each classified. The stream is read before the
-        records: every transaction it holds has its record committed with it, so none reads as unknown."""
-        table = self.table(name)
-        if table is None:
-            raise ValueError(f"table {name!r} was not captured (not among the gated tables at the baseline)")
-        items = list(self.stream({table.qualified}))
-        return table_events(items, table.qualified, table.key, self.classifier(refresh=True), self.baseline)
+        """The table's changes since the baseline by key, each classified."""
+        return self.events_of([name])[name]
+
+    def events_of(self, names: list[str]) -> dict[str, TableEvents]:
+        """Several tables' changes from one read of the stream. The stream is read before the records:
+        every transaction it holds has its record committed with it, so none reads as unknown."""
+        tables = {}
+        for name in names:
+            table = self.table(name)
+            if table is None:
+                raise ValueError(f"table {name!r} was not captured (not among the gated tables at the baseline)")
+            tables[name] = table
+        items = list(self.stream({t.qualified for t in tables.values()}))
+        who = self.classifier(refresh=True)
+        return {name: table_events(items, t.qualified, t.key, who, self.baseline) for name, t in tables.items()}
 
     def fetcher(self) -> Callable[..., Any] | None:
         """Reads baseline rows through the held snapshot; None once nothing holds it (after the run)."""
@@ -255,15 +269,19 @@ class LiveView:
             return None
         return rows_at_snapshot(self.url, snapshot, TIMEZONE)
 
-    def verdict(self, baseline: Fingerprint, raw: Damage, allow_added: bool = True, first: int = 20) -> LiveVerdict:
-        """The integrity verdict on `raw` (the table now against its baseline) with live changes left out."""
+    def verdict(self, baseline: Fingerprint, raw: Damage, allow_added: bool = True, first: int = 20,
+                events: TableEvents | None = None) -> LiveVerdict:
+        """The integrity verdict on `raw` (the table now against its baseline) with live changes left out.
+
+        `events`: the table's, from `events_of` read after `raw` was (default: read now).
+        """
         if self.mode == "xmin":
-            return judge_by_xmin(self.url, baseline, raw, self.classifier(), allow_added, first)
-        table = self.table(baseline.table)
-        if table is None:
-            raise ValueError(f"table {baseline.table!r} was not captured")
-        return judge_live(self.url, baseline, raw, self.events(baseline.table), self.classifier(),
-                          fetch=self.fetcher(), allow_added=allow_added, first=first)
+            table = self.table(baseline.table)
+            return judge_by_xmin(self.url, baseline, raw, self.classifier(refresh=True), allow_added, first,
+                                 qualified=table.qualified if table else None)
+        events = events if events is not None else self.events(baseline.table)
+        return judge_live(self.url, baseline, raw, events, self.classifier(), fetch=self.fetcher(),
+                          allow_added=allow_added, first=first)
 
     def counts(self) -> dict[str, Any]:
         """Transactions and row changes by class and table since the baseline (decode mode), for the report."""
@@ -475,26 +493,33 @@ class LiveCapture:
                              "= true accepts losing them")
         return plan.describe()
 
-    def _replay_plan(self, fetch: Callable[..., Any] | None) -> ReplayPlan:
-        """Everything live traffic wrote since the baseline, by table and key, and what a replay cannot do."""
+    def _replay_plan(self, fetch: Callable[..., Any] | None, items: list[StreamItem] | None = None,
+                     who: Classifier | None = None, into: ReplayPlan | None = None) -> ReplayPlan:
+        """Everything live traffic wrote since the baseline, by table and key, and what a replay cannot do.
+
+        `items`/`who`: the stream and its classes (default: read now, the stream first); `into`: a plan of the
+        stream before `items`, extended (what stands in the way is checked for the rows `items` touched).
+        `fetch` reads baseline rows (for rows both the upgrade and live traffic wrote: contested?).
+        """
         view = self.view()
-        plan = ReplayPlan(self.mode, self.config.rollback.discard_live_writes)
+        plan = into or ReplayPlan(self.mode, self.config.rollback.discard_live_writes)
         shown = view.baseline
-        items = list(view.stream({t.qualified for t in self._tables()})) if self.mode == "decode" else []
-        who = view.classifier(refresh=True)  # after the stream: see LiveView.events
+        if items is None:
+            items = list(view.stream({t.qualified for t in self._tables()})) if self.mode == "decode" else []
+        who = who or view.classifier(refresh=True)  # after the stream: see LiveView.events
         if self.mode != "decode":
             plan.xmin_live = [r for r in who.records.values()
                               if who.classify(r.xid) == LIVE and not shown.shows(r.xid & 0xFFFFFFFF)]
             return plan
         for table in self._tables():
-            events = table_events(items, table.qualified, table.key, who, shown)
+            events = table_events(items, table.qualified, table.key, who, shown, into=plan.tables.get(table.name))
             plan.tables[table.name] = events
             plan.unknown |= events.transactions.get(UNKNOWN, set())
             blind = len(who.blind(table.qualified)) if not table.key else 0
             if blind or events.unkeyed.get(LIVE):
                 plan.blind[table.name] = blind + events.unkeyed.get(LIVE, 0)
-            mixed = [k for k, evs in events.by_key.items()
-                     if LIVE in {e.cls for e in evs} and {e.cls for e in evs} - {LIVE}]
+            mixed = [k for k in events.touched if {e.cls for e in events.by_key[k]} >= {LIVE}
+                     and {e.cls for e in events.by_key[k]} - {LIVE}]
             if mixed and fetch is not None:
                 baseline = fetch(table.name, list(table.key), mixed)
                 for k in mixed:
@@ -573,7 +598,7 @@ class LiveCapture:
                 problems += _drop_objects(conn, self.state["tag"], cfg.lock_timeout_ms, cfg.retries)
         except psycopg.Error as exc:
             problems.append(f"cannot connect to remove the capture: {_first_line(exc)}")
-        for database in {g["database"] for g in self.state["generations"]} - {_dbname(self.url)}:
+        for database in set(self.state.get("forensics") or []) - {_dbname(self.url)}:
             problems += _drop_in(self.url, database, self.state["tag"], cfg.lock_timeout_ms, cfg.retries)
         summary["removed"] = not problems
         if problems:
@@ -596,7 +621,7 @@ class LiveCapture:
         current = self.state["generations"][-1]
         index = len(self.state["generations"]) - 1
         batch = None
-        if current.get("slot") and not current.get("file"):
+        if current.get("slot") and not current.get("retired"):
             with _connect(self.url) as conn:
                 batch = peek_changes(conn, current["slot"], current["publications"],
                                      tables={t.qualified for t in self._tables()})
@@ -609,10 +634,9 @@ class LiveCapture:
             shown = view.baseline
             kept = [t for t in batch.transactions if not shown.shows(t.xid) and who.classify(t.xid) == LIVE]
             path = self.run.path / "live" / f"live-{index}.jsonl"
-            path.unlink(missing_ok=True)
             write_transactions(path, kept, batch.relations)
-            current["file"] = path.relative_to(self.run.path).as_posix()
-            current["file_holds"] = "live transactions only"
+            current.setdefault("files", []).append(path.relative_to(self.run.path).as_posix())
+            current["retired"] = True  # its slot is dropped next; the last file holds its live transactions only
         self.state["closed"] = True
         self.state["snapshot"] = None
         self.run.save_baseline("live", self.state)
@@ -655,10 +679,11 @@ class ReplayPlan:
 class LiveSwap:
     """The restore's swap, with live traffic: called by `upgate.steps.backup.restore_database`.
 
-    `before_lockout` opens the one session the swap spares; `after_lockout` (every other session gone, no
-    new one let in) reads the rest of the stream, replays every live change since the baseline onto the
-    restored database and proves it, carries the sequences forward, and starts a new slot there; `in_place`
-    refuses the in-place restore when live writes would be lost.
+    `before_lockout` (live traffic still writing) reads the stream so far into the run folder, moves the
+    slot past it, and replays it onto the restored database; `after_lockout` (every other session gone, no
+    new one let in) reads the rest, replays that too, proves both, carries the sequences forward and starts
+    a new slot there. Either stops the restore, listing what would be lost, when it cannot keep every live
+    write (unless the config accepts losing them). `in_place` refuses the in-place restore in that case.
     """
 
     spare_application = DRAIN_APP
@@ -667,6 +692,9 @@ class LiveSwap:
         self.capture = capture
         self.drain: psycopg.Connection[Any] | None = None
         self.new_generation: dict[str, Any] | None = None
+        self.plan: ReplayPlan | None = None
+        self.done: Replayed | None = None
+        self.forensics: str | None = None
 
     def in_place(self, why: str) -> None:
         capture = self.capture
@@ -680,27 +708,96 @@ class LiveSwap:
                              "discard_live_writes = true")
         capture.rollback["discarded"] = lost
 
-    def before_lockout(self, live_url: str) -> None:
+    def _stream_file(self) -> Path:
+        return self.capture.run.path / "live" / f"stream-{len(self.capture.state['generations']) - 1}.jsonl"
+
+    def _read(self, whole: bool) -> list[StreamItem]:
+        """The stream from the drain session: what the current generation's slot holds (and, `whole`, everything
+        before it: the files). What the slot held is appended to the generation's file first, and only then
+        is the slot moved past it: nothing read is ever only in memory."""
+        from upgate.checks.changes import advance_slot
+
+        assert self.drain is not None
+        capture = self.capture
+        current = capture.state["generations"][-1]
+        items: list[StreamItem] = []
+        if whole:
+            tables = {t.qualified for t in capture._tables()}
+            view = capture.view()
+            retired = dict(current, retired=True)  # its files only: the slot is read below, through the drain
+            items = list(LiveView(view.run, view.url, {**capture.state, "generations": [
+                *capture.state["generations"][:-1], retired]}).stream(tables))
+        if capture.mode == "decode" and current.get("slot") and not current.get("retired"):
+            batch = peek_changes(self.drain, current["slot"], current["publications"])
+            if batch.transactions:
+                write_transactions(self._stream_file(), batch.transactions, batch.relations)
+                name = self._stream_file().relative_to(capture.run.path).as_posix()
+                if name not in current.setdefault("files", []):
+                    current["files"].append(name)
+                capture.run.save_baseline("live", capture.state)
+                assert batch.end_lsn is not None
+                advance_slot(self.drain, current["slot"], batch.end_lsn)
+            items.extend(batch.transactions)
+        return items
+
+    def _who(self) -> Classifier:
+        assert self.drain is not None
+        records = {**self.capture.view().records(), **read_records(self.drain)}
+        return Classifier(records, frozenset(self.capture.state["upgrade_apps"]))
+
+    def _refuse(self, plan: ReplayPlan, when: str) -> None:
+        problems = plan.problems()
+        if problems and not self.capture.config.rollback.discard_live_writes:
+            listed = self.capture._write_discards(plan)
+            raise StepFailed(f"{when}: {'; '.join(problems)} (listed in {listed}); [rollback] discard_live_writes "
+                             "= true accepts losing them")
+
+    def before_lockout(self, live_url: str, fresh_url: str) -> None:
+        from upgate.core.repair import replay_onto
+
+        capture = self.capture
         self.drain = _connect(live_url, DRAIN_APP)
+        try:
+            items = self._read(whole=True)
+            who = self._who()  # after the stream: see LiveView.events
+            with _connect(fresh_url, REPLAY_APP) as fresh:
+                self.plan = capture._replay_plan(_reader(fresh), items, who)  # the restored database: the baseline
+            self._refuse(self.plan, "not restoring")
+            if capture.mode != "decode":
+                return
+            self.done = replay_onto(fresh_url, self.plan)
+            # Catch up while live traffic still runs, so that what is left for the lockout is short.
+            for _ in range(_CATCH_UP_ROUNDS):
+                more = self._read(whole=False)
+                if not more:
+                    break
+                who = self._who()
+                with _connect(fresh_url, REPLAY_APP) as fresh:
+                    self.plan = capture._replay_plan(_reader(fresh, self.done.baseline), more, who, into=self.plan)
+                self._refuse(self.plan, "not restoring")
+                self.done = replay_onto(fresh_url, self.plan, only_touched=True, done=self.done)
+                if len(more) < _SHORT_TAIL:
+                    break
+        except BaseException:
+            self.drain.close()
+            self.drain = None
+            raise
 
     def after_lockout(self, fresh_url: str) -> dict[str, Any]:
         from upgate.core.repair import replay_onto
 
         capture = self.capture
         state = capture.state
-        assert self.drain is not None
+        assert self.drain is not None and self.plan is not None
+        locked_at = time.monotonic()
+        generation = len(state["generations"]) - 1
+        current = state["generations"][-1]
         try:
-            generation = len(state["generations"]) - 1
-            current = state["generations"][-1]
-            if current.get("slot"):  # the rest of this generation's stream, kept in the run folder
-                batch = peek_changes(self.drain, current["slot"], current["publications"])
-                stream_file = capture.run.path / "live" / f"stream-{generation}.jsonl"
-                stream_file.unlink(missing_ok=True)
-                write_transactions(stream_file, batch.transactions, batch.relations)
-                current["file"] = stream_file.relative_to(capture.run.path).as_posix()
-            records = {**capture.view().records(), **read_records(self.drain)}
+            _settle(self.drain)
+            items = self._read(whole=False)  # what committed since before_lockout
+            who = self._who()
             records_file = capture.run.path / "live" / f"xacts-{generation}.json"
-            _save_records(records_file, records)
+            _save_records(records_file, dict(who.records))
             current["records"] = records_file.relative_to(capture.run.path).as_posix()
             sequences = self.drain.execute(
                 "SELECT quote_ident(schemaname) || '.' || quote_ident(sequencename), last_value FROM pg_sequences "
@@ -709,27 +806,58 @@ class LiveSwap:
             self.drain.close()
             self.drain = None
         with _connect(fresh_url, REPLAY_APP) as fresh:
-            plan = capture._replay_plan(fetch=_reader(fresh))  # the restored database is the baseline
-        problems = plan.problems()
-        if problems and not capture.config.rollback.discard_live_writes:
-            listed = capture._write_discards(plan)
-            raise StepFailed(f"stopped before swapping the restored database in: {'; '.join(problems)} (listed in "
-                             f"{listed}); [rollback] discard_live_writes = true accepts losing them")
+            # Rows the first part replayed no longer hold their baseline there: it read them, and kept them.
+            plan = capture._replay_plan(_reader(fresh, self.done.baseline if self.done else None), items, who,
+                                        into=self.plan)
+        self._refuse(plan, "stopped before swapping the restored database in")
+        outcome: dict[str, Any]
         if capture.mode == "decode":
-            outcome = replay_onto(fresh_url, plan, sequences)
+            done = replay_onto(fresh_url, plan, sequences, only_touched=True, done=self.done)
             self.new_generation = _start_generation(fresh_url, capture, generation + 1)
+            outcome = {"transactions": len({x for ev in plan.tables.values() for x in ev.transactions.get(LIVE, ())}),
+                       "changes": plan.live_changes(), "keys": done.keys, "rows_inserted": done.inserted_rows,
+                       "sequences": done.sequences, "discarded": 0, "seconds": round(done.seconds, 3),
+                       "tail_transactions": sum(1 for i in items if isinstance(i, Transaction)),
+                       "locked_out_s": round(time.monotonic() - locked_at, 3)}
         else:
             outcome = {"changes": 0, "transactions": 0, "discarded": len(plan.xmin_live), "mode": "xmin"}
         capture.rollback["replay"] = outcome
         capture.run.save_baseline("live", state)
         return outcome
 
-    def after_swap(self) -> None:
+    def after_swap(self, names: dict[str, str] | None = None) -> None:
         """The restored database has the live name: its slot is the capture's current generation."""
+        state = self.capture.state
+        if names:
+            state.setdefault("forensics", []).append(names.get("failed"))
         if self.new_generation is not None:
-            self.capture.state["generations"].append(self.new_generation)
-            self.capture.state["snapshot"] = None
-            self.capture.run.save_baseline("live", self.capture.state)
+            state["generations"][-1]["retired"] = True  # everything its slot held is in its files
+            state["generations"].append(self.new_generation)
+        state["snapshot"] = None
+        self.capture.run.save_baseline("live", state)
+
+
+_CATCH_UP_ROUNDS = 3
+_SHORT_TAIL = 200  # transactions: what the lockout may be left to replay
+
+
+def _settle(drain: psycopg.Connection[Any], timeout_s: float = 60.0) -> None:
+    """Wait until every other session on the database is gone (a terminated backend may still be finishing
+    a commit its client saw), then flush the WAL (a commit of our own), so that the slot holds every commit."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        row = drain.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND pid <> pg_backend_pid()").fetchone()
+        if not row or not row[0]:
+            break
+        if time.monotonic() > deadline:
+            raise StepFailed(f"{row[0]} sessions stayed on the database after being terminated: not swapping")
+        drain.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                      "AND pid <> pg_backend_pid()")
+        time.sleep(0.05)
+    with drain.transaction():
+        drain.execute("SET LOCAL synchronous_commit = on")
+        drain.execute("SELECT pg_current_xact_id()")  # a commit record, flushed with everything before it
 
 
 def _start_generation(fresh_url: str, capture: LiveCapture, index: int) -> dict[str, Any]:
@@ -868,9 +996,14 @@ def _quoted(qualified: str) -> str:
     return '"' + schema.replace('"', '""') + '"."' + name.replace('"', '""') + '"'
 
 
-def _reader(conn: psycopg.Connection[Any]) -> Callable[..., Any]:
+def _reader(conn: psycopg.Connection[Any], cache: dict[str, dict[Any, Any]] | None = None) -> Callable[..., Any]:
+    """`read_rows` on conn, the rows in `cache` (table -> key -> row, None: no row) taken from there."""
+
     def fetch(table: str, key: Any, keys: Any, columns: Any = None) -> Any:
-        return read_rows(conn, table, key, keys, columns)
+        known = (cache or {}).get(table, {})
+        found = read_rows(conn, table, key, [k for k in keys if k not in known], columns)
+        found.update({k: known[k] for k in keys if k in known and known[k] is not None})
+        return found
 
     return fetch
 

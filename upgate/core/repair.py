@@ -20,6 +20,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -289,46 +290,71 @@ def _scratch_from_backup(config: Config, run: RunDir, tables: list[str]) -> Iter
 # ------------------------------------------------------------------------------------------- replay
 
 
-def replay_onto(fresh_url: str, plan: ReplayPlan, sequences: Sequence[tuple[str, int]]) -> dict[str, Any]:
+@dataclass
+class Replayed:
+    """What a replay onto the restored database wrote, and the baseline rows it read (for the next part)."""
+
+    baseline: dict[str, dict[Key, Row]] = field(default_factory=dict)
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    keys: int = 0
+    inserted_rows: int = 0
+    sequences: int = 0
+    seconds: float = 0.0
+
+
+def replay_onto(fresh_url: str, plan: ReplayPlan, sequences: Sequence[tuple[str, int]] = (),
+                only_touched: bool = False, done: Replayed | None = None) -> Replayed:
     """Bring every row live traffic wrote since the baseline to its last written state on the restored
-    database (`fresh_url`, which is the baseline), in one transaction, read back before it commits; then
-    carry every sequence forward to where the old database had it."""
+    database (`fresh_url`, which holds the baseline), in one transaction, read back before it commits;
+    then carry sequences forward to where the old database had them.
+
+    `only_touched`: only the rows the plan's last part of the stream touched (`TableEvents.touched`), after
+    an earlier replay `done` brought the rest (its baseline rows are reused: the restored database no longer
+    holds them for the rows it replayed).
+    """
     started = time.monotonic()
-    by_table: dict[str, dict[str, Any]] = {}
+    done = done or Replayed()
     with psycopg.connect(fresh_url, application_name=REPLAY_APP, connect_timeout=10) as conn:
         pin_settings(conn, TIMEZONE)
         try:
             for name, events in plan.tables.items():
-                if events.changes(LIVE) == 0 and not any(e.cls == LIVE for e in events.sweeps):
-                    continue
-                if any(e.cls == LIVE and e.op == TRUNCATE for e in events.sweeps):
+                inserted_before = (done.tables.get(name) or {}).get("inserted_rows", 0)
+                if not only_touched and any(e.cls == LIVE and e.op == TRUNCATE for e in events.sweeps):
                     relation = conn.execute("SELECT %s::regclass::text", (name,)).fetchone()
                     assert relation is not None
                     conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(relation[0])))
                 if not events.key:
-                    inserted = insert_rows(conn, name, events.inserted.get(LIVE, []))
-                    by_table[name] = {"inserted": inserted, "changes": events.changes(LIVE)}
+                    rows = events.inserted.get(LIVE, [])[inserted_before:]
+                    done.inserted_rows += insert_rows(conn, name, rows)
+                    done.tables[name] = {"inserted_rows": inserted_before + len(rows)}
                     continue
-                touched = [k for k, evs in events.by_key.items() if any(e.cls == LIVE for e in evs)]
-                baseline = read_rows(conn, name, list(events.key), touched)
-                targets = {k: replay_states(events.history(k), baseline.get(k)).expected for k in touched}
+                pool = events.touched if only_touched else set(events.by_key)
+                keys = [k for k in pool if any(e.cls == LIVE for e in events.by_key.get(k, ()))]
+                if not keys:
+                    continue
+                cache = done.baseline.setdefault(name, {})
+                unread = [k for k in keys if k not in cache]
+                found = read_rows(conn, name, list(events.key), unread)
+                for k in unread:
+                    cache[k] = found.get(k)  # type: ignore[assignment]  # None: no row at the baseline
+                targets = {k: replay_states(events.history(k), cache.get(k)).expected for k in keys}
                 applied = apply_targets(conn, name, list(events.key), targets, whole=targets)
-                by_table[name] = {**applied.to_json(5), "changes": events.changes(LIVE)}
-            carried = 0
+                before = done.tables.get(name) or {}
+                done.tables[name] = {"rows": before.get("rows", 0) + applied.rows}
+                done.keys += len(keys)
             for sequence, value in sequences:
                 exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (sequence,)).fetchone()
                 if exists and exists[0]:
                     conn.execute(sql.SQL("SELECT setval({seq}::regclass, GREATEST(%s, (SELECT last_value FROM {rel})))")
                                  .format(seq=sql.Literal(sequence), rel=sql.SQL(sequence)), (int(value),))
-                    carried += 1
+                    done.sequences += 1
         except (RepairMismatch, psycopg.Error) as exc:
             conn.rollback()
             raise StepFailed(f"replaying live traffic onto the restored database failed, not swapping it in: "
                              f"{_first_line(exc)}") from None
         conn.commit()
-    transactions = {x for events in plan.tables.values() for x in events.transactions.get(LIVE, set())}
-    return {"transactions": len(transactions), "changes": sum(ev.changes(LIVE) for ev in plan.tables.values()),
-            "tables": by_table, "sequences": carried, "discarded": 0, "seconds": round(time.monotonic() - started, 3)}
+    done.seconds += time.monotonic() - started
+    return done
 
 
 def _stem(table: str) -> str:

@@ -149,11 +149,11 @@ class SwapHook(Protocol):
 
     def in_place(self, why: str) -> None: ...
 
-    def before_lockout(self, live_url: str) -> None: ...
+    def before_lockout(self, live_url: str, fresh_url: str) -> None: ...
 
     def after_lockout(self, fresh_url: str) -> Any: ...
 
-    def after_swap(self) -> None: ...
+    def after_swap(self, names: dict[str, str]) -> None: ...
 
 
 def restore_database(url: str, backup: Backup, pg_restore: str, psql: str, tag: str,
@@ -299,7 +299,11 @@ def _swap(admin: psycopg.Connection, names: dict[str, str], say: Progress, alrea
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(failed))
         spared = hook.spare_application if hook is not None else ""
         if hook is not None and url is not None:
-            hook.before_lockout(url)
+            try:
+                hook.before_lockout(url, make_conninfo(url, dbname=names["fresh"]))
+            except BaseException:
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(fresh))
+                raise
         admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(live))
         for attempt in range(50):
             admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -335,7 +339,7 @@ def _swap(admin: psycopg.Connection, names: dict[str, str], say: Progress, alrea
     admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(failed))
     say("renamed-in", dict(names))
     if swapped is not None:
-        swapped.after_swap()
+        swapped.after_swap(dict(names))
 
 
 def _create_like(admin: psycopg.Connection, live: str, fresh: str) -> sql.Composed:

@@ -17,10 +17,11 @@ from upgate.core.runs import RunDir
 from upgate.errors import StepFailed
 
 
-def _config(tmp_path: Path, url: str, attribution: str = "decode", tables: str = '["accounts", "history"]'):
+def _config(tmp_path: Path, url: str, attribution: str = "decode", tables: str = '["accounts", "history"]',
+            extra: str = ""):
     path = tmp_path / "upgate.toml"
     path.write_text(f'[target]\nname = "live-test"\n[database]\nurl = "{url}"\n[integrity]\ntables = {tables}\n'
-                    f'[live]\nattribution = "{attribution}"\n', encoding="utf-8")
+                    f'[live]\nattribution = "{attribution}"\n{extra}', encoding="utf-8")
     return load_config(path)
 
 
@@ -229,3 +230,31 @@ def test_decode_demanded_from_a_role_without_replication_blocks(bank, tmp_path):
     assert capture is not None and capture.mode == "xmin" and "REPLICATION" in capture.state["why"]
     capture.close()
     assert _objects(bank) == {"schema": 0, "triggers": 0, "publications": 0, "slots": 0, "holders": 0}
+
+
+@pytest.mark.parametrize("mode", ["xmin", "decode"])
+def test_restore_that_cannot_keep_live_writes_stops_first_and_lists_them(bank, tmp_path, mode):
+    import json
+
+    run = RunDir.create(tmp_path / "reports")
+    capture = LiveCapture.start(_config(tmp_path, bank, attribution=mode), run, _say)
+    assert capture is not None and capture.mode == mode
+    try:
+        _write(bank, "pgbench", "INSERT INTO accounts VALUES (5001, 7, 'live')")
+        if mode == "decode":  # a write nothing recorded: unknown, so a replay cannot know whose it is
+            _write(bank, "psql", "UPDATE accounts SET abalance = 9 WHERE aid = 5", replica=True)
+        with pytest.raises(StepFailed, match="not restoring") as stopped:
+            capture.before_restore()
+        listed = [json.loads(line) for line in (run.path / "live" / "would-discard.jsonl").read_text().splitlines()]
+        assert listed, stopped.value
+        if mode == "xmin":
+            assert "without logical decoding" in str(stopped.value)
+            assert [r["application"] for r in listed] == ["pgbench"]
+        else:
+            assert "nothing recorded" in str(stopped.value)
+            assert {(r["key"][0], r["op"]) for r in listed} == {("5001", "I"), ("5", "U")}, listed
+        # With consent the restore goes ahead, and what it cannot bring back is counted.
+        capture.config = _config(tmp_path, bank, attribution=mode, extra="[rollback]\ndiscard_live_writes = true\n")
+        assert capture.before_restore()["problems"]
+    finally:
+        capture.close()

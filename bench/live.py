@@ -66,7 +66,8 @@ def main() -> None:
             target = start_target(SCENARIO, server, folder, args.rows)
             try:
                 started = time.monotonic()
-                with PgbenchLoad(target.database_url, PGBENCH_RATE, PGBENCH_CLIENTS) as load:
+                with PgbenchLoad(target.database_url, PGBENCH_RATE, PGBENCH_CLIENTS,
+                                 log_dir=folder / "pgbench") as load:  # committed: its --log lines
                     proc = _upgate_run(target.config, folder / "reports")
                 seconds.append(time.monotonic() - started)
                 invariants = check_invariants(target.database_url, load.committed)

@@ -55,6 +55,12 @@ TIMEZONE = "UTC"
 
 Fetch = Callable[..., dict[Key, Row]]
 
+#: Locking the damaged rows can deadlock with live transactions (pgbench's lock its account, then wait for
+#: the one branch): the server rolls one back. When that is the repair, it runs again from the start.
+_ATTEMPTS = 5
+_CONTENTION = (psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable,
+               psycopg.errors.SerializationFailure)
+
 
 def damaged_tables(run: RunDir) -> list[str]:
     """Tables the last integrity gate left damage for (their fingerprint names)."""
@@ -103,27 +109,38 @@ def repair_damage(config: Config, run: RunDir, view: LiveView | None, say: Calla
         say("repair", f"{sum(d.lost.size + d.changed.size + d.added.size for _, d in work)} damaged rows in "
                       f"{len(work)} tables; their baseline from the {source}")
         done: list[Applied] = []
-        with psycopg.connect(url, application_name=REPAIR_APP, connect_timeout=10) as conn:
-            pin_settings(conn, TIMEZONE)
-            try:
-                for fingerprint, damage in work:
-                    if fingerprint.key_kind == ROWS:
-                        if fetch is not None:
-                            origin: tuple[str, str | None] = (url, _snapshot_of(run))
+        for attempt in range(1, _ATTEMPTS + 1):
+            done = []
+            with psycopg.connect(url, application_name=REPAIR_APP, connect_timeout=10) as conn:
+                pin_settings(conn, TIMEZONE)
+                try:
+                    for fingerprint, damage in work:
+                        if fingerprint.key_kind == ROWS:
+                            if fetch is not None:
+                                origin: tuple[str, str | None] = (url, _snapshot_of(run))
+                            else:
+                                backup_rows()
+                                origin = (scratch[0], None)
+                            done.append(_repair_keyless(conn, fingerprint, damage, origin, drop_added))
                         else:
-                            backup_rows()
-                            origin = (scratch[0], None)
-                        done.append(_repair_keyless(conn, fingerprint, damage, origin, drop_added))
-                    else:
-                        done.append(_repair_table(conn, url, fingerprint, damage, view, fetch, backup_rows,
-                                                  drop_added))
-            except (RepairMismatch, psycopg.Error, ValueError) as exc:
-                conn.rollback()
-                raise StepFailed(f"repair rolled back, nothing changed: {_first_line(exc)}") from None
-            except BaseException:
-                conn.rollback()
-                raise
-            conn.commit()
+                            done.append(_repair_table(conn, url, fingerprint, damage, view, fetch, backup_rows,
+                                                      drop_added))
+                except _CONTENTION as exc:  # live transactions hold some of the rows: the server chose us
+                    conn.rollback()
+                    if attempt == _ATTEMPTS:
+                        raise StepFailed(f"repair rolled back after {attempt} attempts, nothing changed: "
+                                         f"{_first_line(exc)}") from None
+                    say("repair", f"attempt {attempt} rolled back ({_first_line(exc)}); trying again")
+                    time.sleep(0.2 * attempt)
+                    continue
+                except (RepairMismatch, psycopg.Error, ValueError) as exc:
+                    conn.rollback()
+                    raise StepFailed(f"repair rolled back, nothing changed: {_first_line(exc)}") from None
+                except BaseException:
+                    conn.rollback()
+                    raise
+                conn.commit()
+                break
         if scratch:
             source = "backup (scratch database)" if fetch is None else "baseline snapshot and backup"
     seconds = round(time.monotonic() - started, 3)

@@ -210,6 +210,9 @@ class RollbackConfig(Section):
     # A full restore that cannot bring back every write live traffic committed since the baseline stops
     # before restoring (NEEDS_ATTENTION, the writes listed); true accepts losing them.
     discard_live_writes: bool = False
+    # When the verification after down migrations fails on data integrity alone: put back only the damaged
+    # rows (upgate/core/repair.py) before falling back to the restore. false: straight to the restore.
+    repair: bool = True
 
 
 class ProbeConfig(Section):

@@ -825,6 +825,18 @@ class LiveSwap:
         capture.run.save_baseline("live", state)
         return outcome
 
+    def resumed(self, names: dict[str, str]) -> None:
+        """A killed run had locked the database out (its replay, if any, committed and its stream in the run
+        folder) and `upgate rollback` finished the swap: the old slot stays in the failed database, where
+        nothing reads it. Everything it held that was replayed is in the generation's files."""
+        state = self.capture.state
+        current = state["generations"][-1]
+        current["retired"] = True
+        current["note"] = f"slot left in {names.get('failed')}: a killed restore's swap finished by a later process"
+        state.setdefault("forensics", []).append(names.get("failed"))
+        state["snapshot"] = None
+        self.capture.run.save_baseline("live", state)
+
     def after_swap(self, names: dict[str, str] | None = None) -> None:
         """The restored database has the live name: its slot is the capture's current generation."""
         state = self.capture.state

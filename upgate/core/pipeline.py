@@ -208,7 +208,8 @@ class Pipeline:
         from upgate.core.repair import damaged_tables, repair_damage
 
         last = self.phases.get("rollback")
-        if last is None or last.passed or not last.failures or not self.config.database.url:
+        if last is None or last.passed or not last.failures or not self.config.database.url \
+                or not self.config.rollback.repair:
             return False
         if not all("test_integrity.py" in f["nodeid"] for f in last.failures) or not damaged_tables(self.run):
             return False

@@ -155,6 +155,8 @@ class SwapHook(Protocol):
 
     def after_swap(self, names: dict[str, str]) -> None: ...
 
+    def resumed(self, names: dict[str, str]) -> None: ...
+
 
 def restore_database(url: str, backup: Backup, pg_restore: str, psql: str, tag: str,
                      expected: SchemaSnapshot | None = None, jobs: int = 4,
@@ -173,7 +175,7 @@ def restore_database(url: str, backup: Backup, pg_restore: str, psql: str, tag: 
     started = time.monotonic()
     names = _names(url, tag)
     if resume and resume.get("event") in ("renamed-out", "renamed-in", "verified"):
-        done = _finish_swap(url, names, resume, say)
+        done = _finish_swap(url, names, resume, say, swap_hook)
         if done is not None:
             done.seconds = round(time.monotonic() - started, 3)
             return done
@@ -268,21 +270,26 @@ def _restore_fresh(url: str, backup: Backup, pg_restore: str, names: dict[str, s
 
 
 def _finish_swap(url: str, names: dict[str, str], resume: dict[str, Any],
-                 say: Progress) -> RestoreOutcome | None:
-    """Finish a swap a killed run left half-done; None when it must start over."""
+                 say: Progress, hook: SwapHook | None = None) -> RestoreOutcome | None:
+    """Finish a swap a killed run left half-done; None when it must start over. `hook`: live traffic's,
+    run around a swap that had not begun; told (`resumed`) when the killed run had already locked out."""
     with _maintenance(url) as admin:
         present = {r[0] for r in admin.execute(
             "SELECT datname FROM pg_database WHERE datname = ANY(%s)", (list(names.values()),)).fetchall()}
         event = resume.get("event")
         if event == "renamed-in" and names["live"] in present:
+            if hook is not None:
+                hook.resumed(dict(names))
             return RestoreOutcome("fresh-database", 0.0, names["live"], kept_as=names["failed"], schema_checked=True,
                                   notes=["a killed restore had already swapped the restored database in"])
         if event == "renamed-out" and names["fresh"] in present and names["live"] not in present:
             _swap(admin, names, say, already_out=True)
+            if hook is not None:
+                hook.resumed(dict(names))
             return RestoreOutcome("fresh-database", 0.0, names["live"], kept_as=names["failed"], schema_checked=True,
                                   notes=["finished the swap a killed restore left half-done"])
         if event == "verified" and names["fresh"] in present and names["live"] in present:
-            _swap(admin, names, say)
+            _swap(admin, names, say, hook=hook, url=url)
             return RestoreOutcome("fresh-database", 0.0, names["live"], kept_as=names["failed"], schema_checked=True,
                                   notes=["swapped in the database a killed restore had verified"])
         if names["live"] not in present:
@@ -530,7 +537,8 @@ class BackupStep(RestorePoint):
                                                   f"kept as {detail.get('failed')}",
                                     "fallback": f"restoring in place: {detail.get('why')}"}[event])
 
-        if ctx.live is not None:  # live traffic: stop before restoring what could not be brought back
+        swapping = (self.restore_state or {}).get("event") in ("renamed-out", "renamed-in")
+        if ctx.live is not None and not swapping:  # live traffic: stop before restoring what cannot come back
             ctx.live.before_restore()
         outcome = restore_database(self.url, self.backup, self._tool("pg_restore"), self._tool("psql"), tag,
                                    expected=expected, progress=progress, resume=self.restore_state,

@@ -359,7 +359,9 @@ def replay_onto(fresh_url: str, plan: ReplayPlan, sequences: Sequence[tuple[str,
                 before = done.tables.get(name) or {}
                 done.tables[name] = {"rows": before.get("rows", 0) + applied.rows}
                 done.keys += len(keys)
-            for sequence, value in sequences:
+            # Only when live traffic wrote rows: otherwise every advance is the upgrade's, and a restore puts
+            # sequences back where the baseline had them.
+            for sequence, value in (sequences if done.keys or done.inserted_rows else ()):
                 exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (sequence,)).fetchone()
                 if exists and exists[0]:
                     conn.execute(sql.SQL("SELECT setval({seq}::regclass, GREATEST(%s, (SELECT last_value FROM {rel})))")

@@ -55,6 +55,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/restore.py
 	$(BIN)/python bench/backup.py
 	$(BIN)/python bench/verdict.py
+	$(BIN)/python bench/repair.py
+	$(BIN)/python bench/live.py
 
 # Best effort, never fatal: the allure npm package (Allure 3) into .tools/allure for `upgate report`'s HTML,
 # and Debian's chromium for the test that renders it (skipped with the reason when either is absent).

@@ -262,6 +262,29 @@ class IntegrityConfig(Section):
         return [*self.exclude, *self.extend_exclude]
 
 
+class LiveConfig(Section):
+    """Live write traffic during the upgrade: how each row change is attributed (docs/live-traffic.md)."""
+
+    # auto: logical decoding where the server allows it (wal_level = logical, a role that may create a
+    # replication slot), else xmin, the plan saying which and why; decode / xmin: that one, or BLOCKED naming
+    # what is missing; off: nothing captured: every change is judged as the upgrade's (nobody writes).
+    attribution: Literal["auto", "decode", "xmin", "off"] = "auto"
+    # application_name of the upgrade's own sessions (upgate's SQL migrations; PGAPPNAME for command tools).
+    upgrade_applications: list[str] = ["upgate-migrate"]
+    # Installing and removing the statement triggers waits at most this long for a table lock, then retries.
+    lock_timeout_ms: int = Field(default=1000, gt=0, le=10_000)
+    retries: int = Field(default=10, ge=0)
+
+
+class RollbackConfig(Section):
+    # A full restore that cannot bring back every write live traffic committed since the baseline stops
+    # before restoring (NEEDS_ATTENTION, the writes listed); true accepts losing them.
+    discard_live_writes: bool = False
+    # When the verification after down migrations fails on data integrity alone: put back only the damaged
+    # rows (upgate/core/repair.py) before falling back to the restore. false: straight to the restore.
+    repair: bool = True
+
+
 class ProbeConfig(Section):
     interval_ms: int = Field(default=100, ge=10)
     timeout_ms: int = Field(default=1000, ge=10)
@@ -630,6 +653,8 @@ class Config(Section):
     backup: BackupConfig = BackupConfig()
     thresholds: ThresholdsConfig = ThresholdsConfig()
     integrity: IntegrityConfig = IntegrityConfig()
+    live: LiveConfig = LiveConfig()
+    rollback: RollbackConfig = RollbackConfig()
     probe: ProbeConfig = ProbeConfig()
     gates: GatesConfig = GatesConfig()
     performance: PerformanceConfig | None = None

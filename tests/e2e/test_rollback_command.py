@@ -121,6 +121,8 @@ def test_run_killed_at_each_journal_point_is_undone(pg_server, tmp_path, step, e
                          ids=[f"{s}:{e}:{n}" for s, e, n in DESTRUCTIVE_LADDER])
 def test_rollback_killed_at_each_ladder_point_is_finished(pg_server, tmp_path, step, event, nth):
     target = start_target("destructive", pg_server, tmp_path, rows=ROWS)
+    with target.config.open("a", encoding="utf-8") as config:  # these points are the restore's, not a repair's
+        config.write("\n[rollback]\nrepair = false\n")
     try:
         before = rows_digest(target.database_url)
         run = run_killed_at(target.config, tmp_path / "reports", (step, event, nth), tmp_path)

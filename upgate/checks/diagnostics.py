@@ -27,12 +27,15 @@ _QUERY_CHARS = 200
 
 
 def long_transactions(conn: psycopg.Connection, min_seconds: float = 30.0) -> CheckResult:
-    """Sessions (other than this one) whose transaction has been open for at least `min_seconds`."""
+    """Sessions (other than this one) whose transaction has been open for at least `min_seconds`.
+
+    upgate's own baseline-snapshot holder (application_name upgate-live, upgate/core/live.py) is left out.
+    """
     rows = conn.execute(
         """SELECT pid, usename, application_name, state, wait_event_type, wait_event,
                   extract(epoch FROM now() - xact_start)::float8 AS xact_s, left(query, %s)
              FROM pg_stat_activity
-            WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid()
+            WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid() AND application_name <> 'upgate-live'
               AND now() - xact_start >= make_interval(secs => %s)
             ORDER BY xact_start""",
         (_QUERY_CHARS, min_seconds),

@@ -38,7 +38,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -312,6 +312,7 @@ def fingerprint_table(
     key_seed: int | None = None,
     timezone: str | None = None,
     name_keys: bool = True,
+    snapshot: str | None = None,
 ) -> Fingerprint:
     """Key and hash of `columns` (default: all) for every row of table, read on `workers` connections.
 
@@ -319,14 +320,16 @@ def fingerprint_table(
     row hashes. `as_types` hashes a column as another type (`{"score": "numeric(12,4)"}`: the type a
     planned migration gives it). `key_seed` fixes the seed of hashed keys (default: 1, and another one
     should two keys hash alike); `timezone` the session TimeZone (default: the server's); `name_keys`
-    writes the readable form of hashed keys to a side file (`Fingerprint.key_names`). Raises ValueError
-    for a missing table or column, or a key that is not unique; psycopg.Error when the database fails.
+    writes the readable form of hashed keys to a side file (`Fingerprint.key_names`); `snapshot` reads the
+    table as an exported snapshot shows it (`pg_export_snapshot()`, held open by its exporter: the baseline a
+    live capture and the backup share). Raises ValueError for a missing table or column, or a key that is not
+    unique; psycopg.Error when the database fails.
     """
     retries = 0 if key_seed is not None else 2
     seed = 1 if key_seed is None else key_seed
     while True:
         try:
-            return _capture(url, table, columns, key, workers, as_types, seed, timezone, name_keys)
+            return _capture(url, table, columns, key, workers, as_types, seed, timezone, name_keys, snapshot)
         except _KeyHashCollision:
             if retries == 0:
                 raise ValueError(f"table {table!r}: key {key or '(primary key)'} is not unique") from None
@@ -340,10 +343,10 @@ class _KeyHashCollision(Exception):
 
 def _capture(
     url: str, table: str, columns: list[str] | None, key: list[str] | None, workers: int,
-    as_types: dict[str, str] | None, seed: int, timezone: str | None, name_keys: bool,
+    as_types: dict[str, str] | None, seed: int, timezone: str | None, name_keys: bool, snapshot: str | None = None,
 ) -> Fingerprint:
     started = time.perf_counter()
-    with _scan_plan(url, table, columns, key, workers, as_types, seed, timezone, None) as plan:
+    with _scan_plan(url, table, columns, key, workers, as_types, seed, timezone, None, snapshot) as plan:
         names_path: str | None = None
         names_file: IO[str] | None = None
         if plan.kind == HASHED and name_keys:
@@ -653,8 +656,12 @@ def judge(
     allow_added: bool = True,
     first: int = 20,
     names: dict[int, Any] | None = None,
+    attributed_to: str = "",
 ) -> CheckResult:
-    """The verdict on a `Damage`: ok when nothing was lost or changed (and nothing added, if refused)."""
+    """The verdict on a `Damage`: ok when nothing was lost or changed (and nothing added, if refused).
+
+    `attributed_to` names where the differences left out (`Damage.attributed`) went, for the summary.
+    """
     names = names or {}
     table = baseline.table
     rows = damage.key_kind == ROWS
@@ -686,7 +693,7 @@ def judge(
         summary += " (no key: compared as a multiset of rows)"
     attributed = {k: int(v) for k, v in damage.attributed.items()}
     if any(attributed.values()):
-        summary += " (attributed elsewhere: " + ", ".join(f"{v} {k}" for k, v in attributed.items() if v) + ")"
+        summary += f" (attributed {f'to {attributed_to}' if attributed_to else 'elsewhere'}: " + ", ".join(f"{v} {k}" for k, v in attributed.items() if v) + ")"
     evidence = {
         "table": table,
         "key_kind": damage.key_kind,
@@ -918,6 +925,35 @@ def key_hashes(url: str, fingerprint: Fingerprint, keys: Sequence[Sequence[Any]]
         return np.array([r[0] for r in conn.execute(query, texts).fetchall()], dtype=np.int64)
 
 
+def text_row_hashes(url: str, fingerprint: Fingerprint, rows: Sequence[Mapping[str, str | None]],
+                    conn: psycopg.Connection[Any] | None = None) -> np.ndarray:
+    """The fingerprint's row hash of rows given as text (decoded changes, rows read as text), as uint64.
+
+    Each value is cast to the type its column was hashed as and hashed the way the scan hashes it, so a row
+    that was not changed hashes like its baseline. A column a row lacks hashes as NULL. Text must be in the
+    settings `pin_settings` pins (DateStyle ISO and so on).
+    """
+    if not rows:
+        return np.empty(0, dtype=np.uint64)
+    with contextlib.ExitStack() as stack:
+        if conn is None:
+            conn = stack.enter_context(psycopg.connect(url, autocommit=True))
+        _pin_settings(conn, fingerprint.timezone)
+        inputs = []
+        for i, column in enumerate(fingerprint.columns):
+            typed = _type_column(conn, column, fingerprint.types[column])
+            value = sql.SQL("u.{}::{}").format(sql.Identifier(f"c{i}"), sql.SQL(typed.type))
+            inputs.append(_hash_input(value, typed))
+        names = [sql.Identifier(f"c{i}") for i in range(len(fingerprint.columns))]
+        query = sql.SQL("SELECT hash_record_extended(ROW({}), 0) FROM unnest({}) WITH ORDINALITY AS u({}, n) "
+                        "ORDER BY n").format(
+            sql.SQL(", ").join(inputs), sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in names),
+            sql.SQL(", ").join(names))
+        columns = [[row.get(c) for row in rows] for c in fingerprint.columns]
+        values = [r[0] for r in conn.execute(query, columns).fetchall()]
+    return np.array(values, dtype=np.int64).view(np.uint64)
+
+
 def _names_from_files(files: Sequence[Path | None], damage: Damage, first: int) -> dict[int, Any]:
     if damage.key_kind != HASHED:
         return {}
@@ -928,6 +964,11 @@ def _names_from_files(files: Sequence[Path | None], damage: Damage, first: int) 
             continue
         found.update(_read_names(Path(path), wanted - found.keys()))
     return found
+
+
+def read_key_names(path: Path, key_hashes: Iterable[int]) -> dict[int, Any]:
+    """{key hash: key} for the hashes a fingerprint's side file (`Fingerprint.key_names`) holds."""
+    return _read_names(Path(path), key_hashes)
 
 
 def _read_names(path: Path, key_hashes: Iterable[int]) -> dict[int, Any]:
@@ -948,6 +989,15 @@ def _read_names(path: Path, key_hashes: Iterable[int]) -> dict[int, Any]:
             end = data.find(b"\n", at + len(needle))
             found[value] = _key_value(json.loads(data[at + len(needle) : end if end >= 0 else size]))
     return found
+
+
+def name_damage(url: str, baseline: Fingerprint, damage: Damage, first: int = 20) -> dict[int, Any]:
+    """Readable keys (hashed keys) or example rows (keyless tables) for the first damaged entries of each kind."""
+    if damage.empty:
+        return {}
+    names = _names_from_files([baseline.key_names], damage, first)
+    names.update(_names_from_table(url, baseline, damage, first, known=names))
+    return names
 
 
 def _names_from_table(url: str, baseline: Fingerprint, damage: Damage, first: int,
@@ -1016,14 +1066,18 @@ class _Plan:
 def _scan_plan(
     url: str, table: str, columns: list[str] | None, key: list[str] | None, workers: int,
     as_types: dict[str, str] | None, key_seed: int, timezone: str | None, kind: str | None,
+    snapshot: str | None = None,
 ) -> Iterator[_Plan]:
-    """Open the leader connection (REPEATABLE READ) and work out what each chunk query reads and hashes."""
+    """Open the leader connection (REPEATABLE READ, in `snapshot` when given) and work out what each chunk
+    query reads and hashes."""
     workers = max(1, int(workers))
     leader = psycopg.connect(url, autocommit=True)
     try:
         zone = _pin_settings(leader, timezone)
         leader.autocommit = False
         leader.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        if snapshot:
+            leader.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
         oid = _table_oid(leader, table)
         all_columns = {c.name: c for c in _columns(leader, oid)}
         if key is None:
@@ -1054,13 +1108,21 @@ def _scan_plan(
             sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in key) if key else sql.SQL(""))
         plan = _Plan(leader, table, kind, key, columns, types, zone, key_seed, _chunks(leader, oid, workers),
                      row_hash, key_expr, key_text)
-        if len(plan.chunks) > 1 and workers > 1:
+        if snapshot:
+            plan.snapshot = snapshot
+        elif len(plan.chunks) > 1 and workers > 1:
             plan.snapshot = leader.execute("SELECT pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
         yield plan
     finally:
         with contextlib.suppress(psycopg.Error):
             leader.rollback()
         leader.close()
+
+
+def pin_settings(conn: psycopg.Connection[Any], timezone: str | None = None) -> str:
+    """Pin the settings text forms of values depend on (DateStyle, IntervalStyle, float digits, bytea; TimeZone
+    when given), so that values read as text by two sessions compare equal exactly when they are equal."""
+    return _pin_settings(conn, timezone)
 
 
 def _pin_settings(conn: psycopg.Connection[Any], timezone: str | None) -> str:

@@ -13,8 +13,10 @@ The order works for any app, including one whose old version refuses a newer sch
 4. start the previous version;
 5. verify (the post gates in the `rollback` phase, against the baseline).
 
-When the verification fails and no restore ran yet: stop, restore, start the previous version,
-verify again. A ladder that cannot prove itself is not verified (NEEDS_ATTENTION for the caller).
+When the verification fails on data integrity alone and no restore ran yet: repair only the damaged
+rows (`repair`, upgate/core/repair.py), verify again. When it still fails: stop, restore, start the
+previous version, verify again. A ladder that cannot prove itself is not verified (NEEDS_ATTENTION for
+the caller).
 """
 
 from __future__ import annotations
@@ -42,8 +44,12 @@ class LadderOutcome:
     problems: list[str] = field(default_factory=list)
 
 
-def climb(steps: list[Step], ctx: StepContext, rung: RungRunner, verify: Callable[[], bool]) -> LadderOutcome:
-    """Undo `steps` (the ones a run did, in run order) and prove it; see the module docstring."""
+def climb(steps: list[Step], ctx: StepContext, rung: RungRunner, verify: Callable[[], bool],
+          repair: Callable[[], bool] | None = None) -> LadderOutcome:
+    """Undo `steps` (the ones a run did, in run order) and prove it; see the module docstring.
+
+    `repair()` runs the repair rung when it applies and says whether it repaired anything.
+    """
     deploys = [s for s in steps if isinstance(s, DeployStep)]
     databases = [s for s in steps if isinstance(s, DatabaseStep)]
     restore_point = next((s for s in steps if isinstance(s, RestorePoint)), None)
@@ -91,6 +97,8 @@ def climb(steps: list[Step], ctx: StepContext, rung: RungRunner, verify: Callabl
                    for step in deploys])
     # 5. verify
     outcome.verified = verify() and serving
+    if not outcome.verified and serving and not outcome.restored and repair is not None and repair():
+        outcome.verified = verify()
     if outcome.verified or outcome.restored or restore_point is None or not restore_point.available:
         if not serving:
             outcome.problems.append("the previous version did not start")

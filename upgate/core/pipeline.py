@@ -34,6 +34,7 @@ from upgate.core.gating import GateWorker, PhaseResult, gates_folder, run_gates
 from upgate.core.interrupts import Interrupted, SignalGuard
 from upgate.core.journal import Journal
 from upgate.core.ladder import climb
+from upgate.core.live import LiveCapture
 from upgate.core.lock import LockBusy, LockUnavailable, run_lock
 from upgate.core.probe import DowntimeProber
 from upgate.core.runs import (
@@ -114,6 +115,7 @@ class Pipeline:
         self.started = time.monotonic()
         self.started_at = datetime.now(UTC)
         self.diagnostics: list[dict[str, Any]] = []
+        self.live: LiveCapture | None = None  # live-traffic capture from the baseline on (upgate/core/live.py)
 
     # --- one journaled, timed unit of work ----------------------------------------------------
 
@@ -222,14 +224,56 @@ class Pipeline:
         record = self.rollback_record
         record.triggered, record.reason = True, reason
         self.console.banner(f"rolling back: {reason}")
-        outcome = climb(steps, self.ctx, self.rung, self.verify)
+        outcome = climb(steps, self.ctx, self.rung, self.verify, repair=self.repair)
         record.seconds, record.verified, record.restored = round(time.monotonic() - t0, 3), outcome.verified, \
             outcome.restored
         if outcome.verified:
             return Verdict.ROLLED_BACK, f"{reason}; rolled back and verified against the baseline in {record.seconds:.1f} s"
         ladder = "; ".join(f"{r.rung}: {'ok' if r.ok else 'FAILED'}" for r in record.ladder) or "nothing undone"
+        stopped = next((r for r in record.ladder if not r.ok and r.error and r.error.startswith(("not restoring",
+                                                                                                  "stopped before"))),
+                       None)
+        if stopped is not None:  # the restore refused to discard live writes: say which, first
+            ladder = f"{stopped.rung}: {stopped.error}; {ladder}"
         return Verdict.NEEDS_ATTENTION, (f"{reason}; rollback could NOT be verified against the baseline "
                                          f"({'; '.join(outcome.problems)}; see {self.run.path}): {ladder}")
+
+    def repair(self) -> bool:
+        """The repair rung, when the last verification failed on data integrity alone and named the damage:
+        only the damaged rows, from the baseline (upgate/core/repair.py). False when it does not apply."""
+        from upgate.core.repair import damaged_tables, repair_damage
+
+        last = self.phases.get("rollback")
+        if last is None or last.passed or not last.failures or not self.config.database.url \
+                or not self.config.rollback.repair:
+            return False
+        if not all("test_integrity.py" in f["nodeid"] for f in last.failures) or not damaged_tables(self.run):
+            return False
+        view = self.live.view() if self.live is not None else None
+
+        def go() -> dict[str, Any]:
+            done = repair_damage(self.config, self.run, view, self.console.step)
+            self.rollback_record.repair = done
+            if self.live is not None:
+                self.live.rollback.setdefault("repairs", []).append(done)
+            return {"repair": done}
+
+        return self.rung("repair damaged rows", go)
+
+    def start_live(self) -> str | None:
+        """Capture live traffic from the baseline on (before the pre-gates); a reason to block, or None."""
+        try:
+            self.live = LiveCapture.start(self.config, self.run, self.console.step)
+        except StepFailed as exc:
+            return f"live-traffic capture: {redact(str(exc))}"
+        except Exception as exc:  # noqa: BLE001 (permissions, a server that refuses: said, never silent)
+            if self.config.live.attribution != "auto":
+                return f"live-traffic capture (live.attribution = {self.config.live.attribution!r}): {redact(str(exc))}"
+            self.console.step("live", f"NOT capturing live traffic ({redact(str(exc)).splitlines()[0]}): every row "
+                                      "change will be judged as the upgrade's")
+            self.journal.write("live", "unavailable", error=redact(str(exc)))
+        self.ctx.live = self.live
+        return None
 
     # --- the run ------------------------------------------------------------------------------
 
@@ -278,6 +322,11 @@ class Pipeline:
                 self.prober.stop()
             except Exception as exc:
                 self.write_problems.append(f"downtime prober: {exc}")
+        if self.live is not None:
+            try:
+                self.live.close()
+            except Exception as exc:
+                self.write_problems.append(f"live-traffic capture: {exc}")
         if self.gate_worker is not None:
             self.gate_worker.close()
         self._release_reserve()
@@ -380,14 +429,16 @@ class Pipeline:
                                  "nothing was touched")
 
     def _show_plan(self) -> None:
-        for step in self.steps:
-            plan = step.plan()
+        for plan in [*([self.live.plan()] if self.live is not None else []), *(s.plan() for s in self.steps)]:
             self.plan.append(plan.to_json())
             for line in plan.lines():
                 self.console.step("plan", line)
         self._write("plan.json", self.plan)
 
     def _gated(self) -> tuple[Verdict, str]:
+        blocked_live = self.start_live()
+        if blocked_live:
+            return Verdict.BLOCKED, f"{blocked_live}; nothing was touched"
         try:
             blocked = self._before_touching()
         except Interrupted as exc:
@@ -556,6 +607,7 @@ class Pipeline:
             deploy=next((s.summary() for s in done if isinstance(s, DeployStep)), None),
             packages=by_name["packages"].summary() if "packages" in by_name else None,
             config_files=by_name["config"].summary() if "config" in by_name else None,
+            live=self.live.closed if self.live is not None else None,
         )
         self._write(self.options.record, json.loads(redact(json.dumps(summary.to_json(), default=str))))
         return summary

@@ -27,6 +27,7 @@ import psutil
 
 from upgate.config import Config
 from upgate.core.journal import Journal
+from upgate.core.live import LiveCapture
 from upgate.core.lock import LockBusy, LockUnavailable, run_lock
 from upgate.core.pipeline import Pipeline, RunOptions, RunOutcome
 from upgate.core.runs import RunDir
@@ -154,6 +155,8 @@ def _undo(pipeline: Pipeline, records: list[dict[str, Any]]) -> tuple[Verdict, s
         return Verdict.BLOCKED, (f"run {name} ({ended or 'killed before it ended'}) changed nothing: no step had "
                                  "touched the target; nothing to undo")
     pipeline.steps = done
+    pipeline.live = LiveCapture.resume(config, pipeline.run)  # a killed run's capture: its slot still holds the writes
+    pipeline.ctx.live = pipeline.live
     reason = f"rollback of run {name} requested (it ended {ended or 'without a verdict'})"
     for step in done:
         pipeline.console.step("journal", f"{step.name}: done in run {name}, to be undone")

@@ -162,6 +162,8 @@ class RollbackRecord:
     restored: bool = False
     seconds: float | None = None
     verified: bool | None = None
+    #: The surgical repair, when one ran: source, tables and rows (upgate/core/repair.py).
+    repair: dict[str, Any] | None = None
 
 
 @dataclass
@@ -207,6 +209,9 @@ class RunSummary:
     models: list[str] = field(default_factory=list)
     # Gate families left out because not configured (their gates deselected): family -> what to configure.
     not_gated: dict[str, str] = field(default_factory=dict)
+    #: Live traffic during the run: attribution mode, writes per second, the upgrade's own changes, and how
+    #: many live writes the rollback kept, replayed or (by consent) discarded (upgate/core/live.py).
+    live: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -4,6 +4,9 @@
     ...     url = server.create_database("demo")
 
 `DATABASE_URL` pointing at an existing server is used instead when set (see `postgres_server`).
+The embedded server runs with `wal_level = logical` (set once with ALTER SYSTEM and a restart), so the
+live-traffic capture can decode every row change (upgate/core/live.py); `wal_level="replica"` keeps
+PostgreSQL's default, for the fallback.
 """
 
 from __future__ import annotations
@@ -88,18 +91,35 @@ def find_pg_tool(name: str, bin_dir: Path | None = None) -> str:
 
 
 @contextlib.contextmanager
-def embedded_postgres(root: Path | None = None, keep: bool = False) -> Iterator[PostgresServer]:
+def embedded_postgres(root: Path | None = None, keep: bool = False,
+                      wal_level: str = "logical") -> Iterator[PostgresServer]:
     """Start a private PostgreSQL in a temp folder (pgserver) and stop it afterwards unless keep."""
     pgserver = _import_pgserver()
     folder = Path(root) if root else Path(tempfile.mkdtemp(prefix="upgate-pg-"))
     folder.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(folder, cleanup_mode=None if keep else "stop")
     try:
+        set_wal_level(server, wal_level)
         yield PostgresServer(url=server.get_uri(), bin_dir=pgserver_bin_dir(), embedded=True)
     finally:
         if not keep:
             server.cleanup()
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def set_wal_level(server: Any, level: str) -> None:
+    """ALTER SYSTEM SET wal_level and restart the pgserver instance when it differs (a restart takes ~0.3 s)."""
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        row = conn.execute("SELECT current_setting('wal_level')").fetchone()
+        if row and row[0] == level:
+            return
+        conn.execute(sql.SQL("ALTER SYSTEM SET wal_level = {}").format(sql.Literal(level)))
+    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # made at import time
+    from pgserver.utils import PostmasterInfo
+
+    # pg_ctl restart reuses the options the server was started with (socket folder, no TCP).
+    pg_ctl(["-w", "restart", "-m", "fast"], pgdata=server.pgdata, user=server.system_user, timeout=60)
+    server._postmaster_info = PostmasterInfo.read_from_pgdata(server.pgdata)  # the new postmaster, for cleanup
 
 
 @contextlib.contextmanager

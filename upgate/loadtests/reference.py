@@ -4,7 +4,10 @@
 
 The performance gate runs this file as a library (`loadtests/runner.py`, in a child process); the request
 names below are the endpoints the gate compares one by one between the baseline and the candidate.
-Task weights: 1 health : 4 list : 4 get-by-id : 1 write (a read-mostly API).
+Task weights: 1 health : 4 list : 4 get-by-id : 1 insert : 1 update : 1 delete (a read-mostly API that
+also changes and removes existing rows: live write traffic for an upgrade to keep, docs/live-traffic.md).
+An update changes `tokens` of an entry the user has read; a delete removes an entry this user created
+earlier (reads keep finding the entries they list).
 """
 
 from __future__ import annotations
@@ -57,11 +60,17 @@ class LogsReader(FastHttpUser):
 
 
 class ReferenceUser(LogsReader):
-    """The default load: the reader's tasks plus, one time in ten, a new log entry."""
+    """The default load: the reader's tasks plus new entries, updates of existing ones and deletes."""
+
+    created: list[int]
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.created = []
 
     @task(1)
     def write_log(self) -> None:
-        self.client.post(
+        with self.client.post(
             "/logs",
             json={
                 "session_id": self.session_id,
@@ -72,5 +81,28 @@ class ReferenceUser(LogsReader):
                 "tokens": random.randint(5, 200),
             },
             name="POST /logs",
-        )
+            catch_response=True,
+        ) as response:
+            try:
+                self.created.append(int(response.json()["id"]))
+            except Exception:
+                pass
+
+    @task(1)
+    def update_log(self) -> None:
+        if not self.ids:
+            return
+        with self.client.patch(f"/logs/{random.choice(self.ids)}", json={"tokens": random.randint(5, 200)},
+                               name="PATCH /logs/{id}", catch_response=True) as response:
+            if response.status_code == 404:  # another user (or a migration) removed it: not a failure
+                response.success()
+
+    @task(1)
+    def delete_log(self) -> None:
+        if not self.created:
+            return
+        with self.client.delete(f"/logs/{self.created.pop(0)}", name="DELETE /logs/{id}",
+                                catch_response=True) as response:
+            if response.status_code == 404:
+                response.success()
 

@@ -66,6 +66,8 @@ class Console:
             proof = "verified against baseline" if rollback.get("verified") else "NOT verified"
             self._print(f"  rollback {rollback.get('seconds', 0):.2f} s, {proof}; ladder: "
                         + ", ".join(f"{r['rung']} {'ok' if r['ok'] else 'FAILED'}" for r in rollback.get("ladder", [])))
+        if summary.get("live"):
+            self._print(f"  live    {live_line(summary['live'])}")
         steps = [s for s in summary.get("steps", []) if "seconds" in s]
         if steps:
             self._print("  steps   " + " | ".join(f"{s['name']} {s['seconds']:.1f}s"
@@ -75,3 +77,29 @@ class Console:
                     + ("" if all(gated.values()) else "  (not configured: " + ", ".join(
                         k for k, v in gated.items() if not v) + ")"))
         self._print(f"  report  {self.run_path}/summary.json (journal.jsonl, junit-*.xml, downtime.json beside it)")
+
+
+def live_line(live: dict[str, Any]) -> str:
+    """One line on live traffic during the run: attribution, writes per second, the upgrade's own changes,
+    and what the rollback kept, replayed or discarded."""
+    tx = live.get("transactions") or {}
+    changes = live.get("changes") or {}
+    parts = [f"attribution by {'logical decoding' if live.get('mode') == 'decode' else 'xmin'}"
+             + (f" ({live['why']})" if live.get("mode") != "decode" and live.get("why") else "")]
+    if live.get("mode") == "decode":
+        parts.append(f"live traffic {changes.get('live', 0)} row changes in {tx.get('live', 0)} transactions "
+                     f"({live.get('writes_per_s') or 0:g} writes/s over {live.get('window_s', 0):g} s)")
+        parts.append(f"the upgrade {changes.get('upgrade', 0)} row changes in {tx.get('upgrade', 0)} transactions")
+    else:
+        parts.append(f"live traffic {tx.get('live', 0)} transactions ({live.get('live_transactions_per_s') or 0:g}/s)")
+        parts.append(f"the upgrade {tx.get('upgrade', 0)} transactions")
+    if tx.get("unknown"):
+        parts.append(f"{tx['unknown']} transactions nothing recorded, judged as the upgrade's")
+    kept = live.get("kept") or {}
+    rollback = live.get("rollback") or {}
+    if rollback:
+        parts.append(f"rollback kept {kept.get('kept', 0)} of {kept.get('live', 0)} live {kept.get('unit', 'writes')}"
+                     f" (replayed {kept.get('replayed', 0)}, discarded {kept.get('discarded', 0)})")
+    if live.get("cleanup_problems"):
+        parts.append("NOT removed: " + "; ".join(live["cleanup_problems"]))
+    return "; ".join(parts)

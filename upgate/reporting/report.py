@@ -384,6 +384,16 @@ def _description(summary: dict[str, Any]) -> str:
         ladder = "; ".join(f"{r['rung']}: {'ok' if r['ok'] else 'FAILED'}" for r in rollback.get("ladder", []))
         lines.append(f"**Rollback:** {rollback.get('seconds', 0):.2f} s, "
                      f"{'verified' if rollback.get('verified') else 'NOT verified'}; {ladder}")
+    if summary.get("live"):
+        from upgate.reporting.console import live_line
+
+        lines.append(f"**Live traffic:** {live_line(summary['live'])}")
+    repair = (summary.get("rollback") or {}).get("repair")
+    if repair:
+        lines.append(f"**Repair:** {repair.get('rows', 0)} rows from the {repair.get('source')} in "
+                     f"{repair.get('seconds', 0):.2f} s: " + "; ".join(
+                         f"{t['table']} {t['updated']} updated, {t['inserted']} inserted, {t['deleted']} deleted"
+                         for t in repair.get("tables", [])))
     for step in summary.get("plan") or []:  # what each step said it would do, and how it is undone
         lines.append(f"**Plan, {step['step']}:** {'; '.join(step['does'])} (undo: {'; '.join(step['undo'])})")
     gated = ", ".join(k for k, v in (summary.get("gated") or {}).items() if v)

@@ -43,7 +43,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import psycopg
 from psycopg import sql
@@ -161,9 +161,11 @@ def verify_backup(path: Path, pg_restore: str, level: str = "full",
 
 
 def take_backup(url: str, folder: Path, pg_dump: str, pg_restore: str, compression: int = 1,
-                verify: str = "full", jobs: int | None = None,
+                verify: str = "full", jobs: int | None = None, snapshot: str | None = None,
                 track: Callable[[subprocess.Popen[str] | None], None] | None = None) -> Backup:
-    """Dump with `jobs` parallel workers, then verify (full read) and checksum at the same time."""
+    """Dump with `jobs` parallel workers, then verify (full read) and checksum at the same time.
+
+    `snapshot`: dump what an exported snapshot shows (a live capture's baseline), not the database now."""
     jobs = max(1, jobs or os.cpu_count() or 1)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / "database.dir"
@@ -171,7 +173,8 @@ def take_backup(url: str, folder: Path, pg_dump: str, pg_restore: str, compressi
         shutil.rmtree(target)
     started = time.monotonic()
     run_tool([pg_dump, "--format=directory", f"--jobs={jobs}", f"--compress={compression}", "--no-owner",
-              "--file", str(target)], "pg_dump", conninfo=url, track=track)
+              "--file", str(target), *([f"--snapshot={snapshot}"] if snapshot else [])], "pg_dump", conninfo=url,
+             track=track)
     dump_s = time.monotonic() - started
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -208,14 +211,33 @@ Progress = Callable[[str, dict[str, Any]], None]
 RESTORE_SETTINGS = {"synchronous_commit": "off", "maintenance_work_mem": "256MB"}
 
 
+class SwapHook(Protocol):
+    """Live traffic around the swap (upgate/core/live.py `LiveSwap`): the one session the lockout spares, and
+    what runs once every other session is gone and before the restored database takes the live name."""
+
+    spare_application: str
+
+    def in_place(self, why: str) -> None: ...
+
+    def before_lockout(self, live_url: str, fresh_url: str) -> None: ...
+
+    def after_lockout(self, fresh_url: str) -> Any: ...
+
+    def after_swap(self, names: dict[str, str]) -> None: ...
+
+    def resumed(self, names: dict[str, str]) -> None: ...
+
+
 def restore_database(url: str, backup: Backup, pg_restore: str, psql: str, tag: str,
                      expected: SchemaSnapshot | None = None, jobs: int = 4,
-                     progress: Progress | None = None, resume: dict[str, Any] | None = None) -> RestoreOutcome:
+                     progress: Progress | None = None, resume: dict[str, Any] | None = None,
+                     swap_hook: SwapHook | None = None) -> RestoreOutcome:
     """Make the database at `url` exactly the backup again (see the module docstring for how).
 
     `tag` names the fresh and the kept database; `expected` is the baseline schema the result must
     equal; `progress(event, detail)` is called as each part commits (the journal); `resume` is what
-    the journal says an earlier, killed restore had done (its last event and names).
+    the journal says an earlier, killed restore had done (its last event and names); `swap_hook` is called
+    around the swap (live traffic: the writes since the baseline replayed onto the restored database).
     """
     if checksum_of(backup.path, jobs) != backup.sha256:
         raise StepFailed(f"backup {backup.path} changed since it was verified (checksum mismatch): not restoring")
@@ -223,15 +245,17 @@ def restore_database(url: str, backup: Backup, pg_restore: str, psql: str, tag: 
     started = time.monotonic()
     names = _names(url, tag)
     if resume and resume.get("event") in ("renamed-out", "renamed-in", "verified"):
-        done = _finish_swap(url, names, resume, say)
+        done = _finish_swap(url, names, resume, say, swap_hook)
         if done is not None:
             done.seconds = round(time.monotonic() - started, 3)
             return done
     with _maintenance(url) as admin:
         plan = _can_swap(admin, names["live"])
     if plan is None:
-        outcome = _restore_fresh(url, backup, pg_restore, names, expected, jobs, say)
+        outcome = _restore_fresh(url, backup, pg_restore, names, expected, jobs, say, swap_hook)
     else:
+        if swap_hook is not None:
+            swap_hook.in_place(plan)
         say("fallback", {"why": plan})
         outcome = _restore_in_place(url, backup, pg_restore, psql, expected, say)
         outcome.notes.append(f"restored in place: {plan}")
@@ -290,7 +314,8 @@ def _can_swap(admin: psycopg.Connection, live: str) -> str | None:
 
 
 def _restore_fresh(url: str, backup: Backup, pg_restore: str, names: dict[str, str],
-                   expected: SchemaSnapshot | None, jobs: int, say: Progress) -> RestoreOutcome:
+                   expected: SchemaSnapshot | None, jobs: int, say: Progress,
+                   swap_hook: SwapHook | None = None) -> RestoreOutcome:
     live, fresh = names["live"], names["fresh"]
     fresh_url = make_conninfo(url, dbname=fresh)
     with _maintenance(url) as admin:
@@ -310,26 +335,31 @@ def _restore_fresh(url: str, backup: Backup, pg_restore: str, names: dict[str, s
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(fresh)))
         raise
     with _maintenance(url) as admin:
-        _swap(admin, names, say)
+        _swap(admin, names, say, hook=swap_hook, url=url)
     return RestoreOutcome("fresh-database", 0.0, live, kept_as=names["failed"], schema_checked=checked, notes=notes)
 
 
 def _finish_swap(url: str, names: dict[str, str], resume: dict[str, Any],
-                 say: Progress) -> RestoreOutcome | None:
-    """Finish a swap a killed run left half-done; None when it must start over."""
+                 say: Progress, hook: SwapHook | None = None) -> RestoreOutcome | None:
+    """Finish a swap a killed run left half-done; None when it must start over. `hook`: live traffic's,
+    run around a swap that had not begun; told (`resumed`) when the killed run had already locked out."""
     with _maintenance(url) as admin:
         present = {r[0] for r in admin.execute(
             "SELECT datname FROM pg_database WHERE datname = ANY(%s)", (list(names.values()),)).fetchall()}
         event = resume.get("event")
         if event == "renamed-in" and names["live"] in present:
+            if hook is not None:
+                hook.resumed(dict(names))
             return RestoreOutcome("fresh-database", 0.0, names["live"], kept_as=names["failed"], schema_checked=True,
                                   notes=["a killed restore had already swapped the restored database in"])
         if event == "renamed-out" and names["fresh"] in present and names["live"] not in present:
             _swap(admin, names, say, already_out=True)
+            if hook is not None:
+                hook.resumed(dict(names))
             return RestoreOutcome("fresh-database", 0.0, names["live"], kept_as=names["failed"], schema_checked=True,
                                   notes=["finished the swap a killed restore left half-done"])
         if event == "verified" and names["fresh"] in present and names["live"] in present:
-            _swap(admin, names, say)
+            _swap(admin, names, say, hook=hook, url=url)
             return RestoreOutcome("fresh-database", 0.0, names["live"], kept_as=names["failed"], schema_checked=True,
                                   notes=["swapped in the database a killed restore had verified"])
         if names["live"] not in present:
@@ -338,14 +368,34 @@ def _finish_swap(url: str, names: dict[str, str], resume: dict[str, Any],
     return None
 
 
-def _swap(admin: psycopg.Connection, names: dict[str, str], say: Progress, already_out: bool = False) -> None:
+def _swap(admin: psycopg.Connection, names: dict[str, str], say: Progress, already_out: bool = False,
+          hook: SwapHook | None = None, url: str | None = None) -> None:
     live, fresh, failed = (sql.Identifier(names[k]) for k in ("live", "fresh", "failed"))
+    swapped = hook
     if not already_out:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(failed))
+        spared = hook.spare_application if hook is not None else ""
+        if hook is not None and url is not None:
+            try:
+                hook.before_lockout(url, make_conninfo(url, dbname=names["fresh"]))
+            except BaseException:
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(fresh))
+                raise
         admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(live))
         for attempt in range(50):
             admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                          "WHERE datname = %s AND pid <> pg_backend_pid()", (names["live"],))
+                          "WHERE datname = %s AND pid <> pg_backend_pid() AND application_name <> %s",
+                          (names["live"], spared))
+            if hook is not None and url is not None:
+                try:
+                    detail = hook.after_lockout(make_conninfo(url, dbname=names["fresh"]))
+                except BaseException:
+                    admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(live))
+                    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(fresh))
+                    raise
+                say("replayed", {"detail": detail, **names})
+                hook, spared = None, ""
+                continue
             try:
                 admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(live, failed))
                 break
@@ -365,6 +415,8 @@ def _swap(admin: psycopg.Connection, names: dict[str, str], say: Progress, alrea
                          "database was put back under its name unchanged") from None
     admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(failed))
     say("renamed-in", dict(names))
+    if swapped is not None:
+        swapped.after_swap(dict(names))
 
 
 def _create_like(admin: psycopg.Connection, live: str, fresh: str) -> sql.Composed:
@@ -541,9 +593,10 @@ class BackupStep(RestorePoint):
     def do(self, ctx: StepContext) -> None:
         cfg = self.config.backup
         ctx.say("backup", f"pg_dump -Fd -j{self._jobs()} -Z{cfg.compression} of {redact(self.url)}")
+        snapshot = ctx.live.snapshot if ctx.live is not None else None  # a live capture's baseline
         self.backup = take_backup(self.url, self._folder(ctx), self._tool("pg_dump"), self._tool("pg_restore"),
                                   compression=cfg.compression, verify=cfg.verify, jobs=self._jobs(),
-                                  track=self._track)
+                                  snapshot=snapshot, track=self._track)
         if self._cancelled.is_set():
             raise StepFailed("backup cancelled")
         ctx.journal.write(self.name, "verified", backup=self.backup.to_json())
@@ -587,9 +640,13 @@ class BackupStep(RestorePoint):
                                                   f"kept as {detail.get('failed')}",
                                     "fallback": f"restoring in place: {detail.get('why')}"}[event])
 
+        swapping = (self.restore_state or {}).get("event") in ("renamed-out", "renamed-in")
+        if ctx.live is not None and not swapping:  # live traffic: stop before restoring what cannot come back
+            ctx.live.before_restore()
         outcome = restore_database(self.url, self.backup, self._tool("pg_restore"), self._tool("psql"), tag,
                                    expected=expected, progress=progress, resume=self.restore_state,
-                                   jobs=self._jobs())
+                                   jobs=self._jobs(),
+                                   swap_hook=ctx.live.swap_hook() if ctx.live is not None else None)
         ctx.journal.write("restore", "done", outcome=outcome.to_json())
         self.restore_state = None
         self.outcome = outcome

@@ -59,6 +59,9 @@ class StepContext:
     journal: Journal
     #: Progress lines for the console: say(label, message).
     say: Callable[[str, str], None] = lambda _label, _message: None
+    #: The live-traffic capture of this run (upgate/core/live.py), when there is one: the backup dumps its
+    #: baseline snapshot and the restore keeps live writes through it.
+    live: Any = None
 
 
 class Step(ABC):

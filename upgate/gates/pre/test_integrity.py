@@ -1,4 +1,8 @@
-"""Pre-gate: row-level fingerprints of every gated table, the baseline zero-data-loss is proven against."""
+"""Pre-gate: row-level fingerprints of every gated table, the baseline zero-data-loss is proven against.
+
+Under `upgate run` with a live-traffic capture every table is read in the one baseline snapshot the run
+holds (the backup dumps the same one), so each change after it is in the captured stream.
+"""
 
 from __future__ import annotations
 
@@ -33,15 +37,23 @@ def preserved(request, config, db_url, gated_table):
     return [c for c in columns if c not in may_change], as_types
 
 
-def test_fingerprint_baseline_captured(gated_table, db_url, config, preserved, baseline_dir, evidence):
+@pytest.fixture(scope="session")
+def baseline_snapshot(run_dir):
+    """The exported snapshot a live capture holds for this run (None: each table read as it is now)."""
+    state = run_dir.load_baseline("live")
+    return state.get("snapshot") if state else None
+
+
+def test_fingerprint_baseline_captured(gated_table, db_url, config, preserved, baseline_dir, evidence,
+                                       baseline_snapshot):
     columns, as_types = preserved
     key = config.integrity.keys.get(gated_table)  # None: the primary key, or whole rows when there is none
     fingerprint = fingerprint_table(db_url, gated_table, columns=columns, key=key, workers=config.integrity.workers,
-                                    as_types=as_types)
+                                    as_types=as_types, snapshot=baseline_snapshot)
     fingerprint.save(baseline_dir / "fingerprints")
     evidence("fingerprint", {"table": gated_table, "rows": fingerprint.count, "key": fingerprint.key_columns,
                              "key_kind": fingerprint.key_kind, "columns": columns, "hashed_as": as_types,
-                             "seconds": round(fingerprint.elapsed_s, 3)})
+                             "seconds": round(fingerprint.elapsed_s, 3), "snapshot": baseline_snapshot})
     saved = Fingerprint.load(baseline_dir / "fingerprints", gated_table)
     assert saved.count == fingerprint.count and saved.key_kind == fingerprint.key_kind, (
         f"{gated_table}: the saved fingerprint does not read back ({saved.count} of {fingerprint.count} rows)")

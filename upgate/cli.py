@@ -185,7 +185,8 @@ def writable_folder(path: Path, option: str) -> Path:
         if not parent.is_dir():
             raise ConfigError(f"{option} {path}: its parent folder {parent} does not exist")
         if not os.access(parent, os.W_OK | os.X_OK):
-            raise ConfigError(f"{option} {path}: cannot create it: {parent} is not writable")
+            why = "Read-only file system" if os.statvfs(parent).f_flag & os.ST_RDONLY else "Permission denied"
+            raise ConfigError(f"{option} {path}: cannot create it: {why} ({parent})")
         return path
     try:
         with tempfile.TemporaryFile(dir=path):

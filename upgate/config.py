@@ -271,10 +271,6 @@ class LiveConfig(Section):
     attribution: Literal["auto", "decode", "xmin", "off"] = "auto"
     # application_name of the upgrade's own sessions (upgate's SQL migrations; PGAPPNAME for command tools).
     upgrade_applications: list[str] = ["upgate-migrate"]
-    # application_name of live traffic, in addition to every name seen writing a gated table before the first
-    # change (the app serving while the pre-gates ran). A name first seen after the upgrade began (a migration
-    # hidden in a deploy script, a job started by the new version) is unknown: judged as the upgrade's.
-    live_applications: list[str] = []
     # Installing and removing the statement triggers waits at most this long for a table lock, then retries.
     lock_timeout_ms: int = Field(default=1000, gt=0, le=10_000)
     retries: int = Field(default=10, ge=0)

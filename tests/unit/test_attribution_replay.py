@@ -38,16 +38,6 @@ def test_classes_by_application_name_and_unknown_when_nothing_recorded():
     assert [who.classify(x) for x in (10, 11, 12, 13)] == [LIVE, UPGRADE, UPGATE, UNKNOWN]
 
 
-def test_a_name_first_seen_after_the_upgrade_began_is_unknown_not_live():
-    records = {10: XactRecord(10, "pgbench"), 11: XactRecord(11, ""), 12: XactRecord(12, "upgate-migrate"),
-               13: XactRecord(13, "nightly-job")}
-    before = Classifier(records)  # the upgrade has not begun: every other name is live traffic
-    assert [before.classify(x) for x in (10, 11, 13)] == [LIVE, LIVE, LIVE]
-    after = Classifier(records, live_apps=frozenset({"pgbench", "nightly-job"}))
-    # "" (a deploy script's migration, say) wrote only after the upgrade began: judged as the upgrade's.
-    assert [after.classify(x) for x in (10, 11, 12, 13)] == [LIVE, UNKNOWN, UPGRADE, LIVE]
-
-
 def test_baseline_snapshot_shows_what_committed_before_it_across_an_epoch():
     shown = BaselineSnapshot.parse(f"{(1 << 32) + 100}:{(1 << 32) + 105}:{(1 << 32) + 102}")
     assert shown.shows(99) and shown.shows(101)

@@ -106,9 +106,6 @@ class Classifier:
 
     records: Mapping[int, XactRecord]
     upgrade_apps: frozenset[str] = frozenset({"upgate-migrate"})
-    #: The application names that are live traffic (seen writing before the upgrade's first change, or
-    #: named in the config); None: every name not the upgrade's (before that moment is known).
-    live_apps: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         self.by_xid32 = {xid & 0xFFFFFFFF: r for xid, r in self.records.items()}
@@ -120,11 +117,7 @@ class Classifier:
             return UNKNOWN
         if record.application in UPGATE_APPS:
             return UPGATE
-        if record.application in self.upgrade_apps:
-            return UPGRADE
-        if self.live_apps is not None and record.application not in self.live_apps:
-            return UNKNOWN  # first seen after the upgrade began: never silently live traffic
-        return LIVE
+        return UPGRADE if record.application in self.upgrade_apps else LIVE
 
     def application(self, xid32: int) -> str | None:
         record = self.by_xid32.get(xid32 & 0xFFFFFFFF)

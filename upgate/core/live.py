@@ -47,7 +47,6 @@ from upgate.checks.attribution import (
     RESTORE,
     UNKNOWN,
     UPGATE,
-    UPGATE_APPS,
     UPGRADE,
     BaselineSnapshot,
     Classifier,
@@ -202,7 +201,7 @@ class LiveView:
         return found
 
     def classifier(self, refresh: bool = False) -> Classifier:
-        return Classifier(self.records(refresh), frozenset(self.state["upgrade_apps"]), live_apps(self.state))
+        return Classifier(self.records(refresh), frozenset(self.state["upgrade_apps"]))
 
     # --- what -------------------------------------------------------------------------------------
 
@@ -317,12 +316,6 @@ class LiveView:
             "first_at": first.isoformat() if first else None,
             "last_at": last.isoformat() if last else None,
         }
-
-
-def live_apps(state: dict[str, Any]) -> frozenset[str] | None:
-    """The names that are live traffic, once the upgrade's first change is near (LiveCapture.upgrade_begins)."""
-    names = state.get("live_apps")
-    return None if names is None else frozenset(names)
 
 
 def read_records(conn: psycopg.Connection[Any]) -> dict[int, XactRecord]:
@@ -463,19 +456,6 @@ class LiveCapture:
 
     def view(self) -> LiveView:
         return LiveView(self.run, self.url, self.state)
-
-    def upgrade_begins(self, say: Callable[[str, str], None]) -> None:
-        """Right before the first change: the application names seen writing a gated table so far (and those
-        named in `[live] live_applications`) are live traffic from now on; a name first seen later is unknown,
-        judged as the upgrade's (a migration hidden in a deploy script must not pass as live traffic)."""
-        upgrade = set(self.state["upgrade_apps"]) | UPGATE_APPS
-        seen = {r.application for r in self.view().records(refresh=True).values()} - upgrade
-        names = sorted(seen | set(self.config.live.live_applications))
-        self.state["live_apps"] = names
-        self.run.save_baseline("live", self.state)
-        shown = ", ".join(repr(n) for n in names) if names else "none"
-        say("live", f"live traffic from now on: the applications seen writing before the upgrade ({shown}); "
-                    "any other is judged as the upgrade's")
 
     def plan(self) -> StepPlan:
         apps = ", ".join(self.state["upgrade_apps"])
@@ -650,7 +630,7 @@ class LiveCapture:
         _save_records(records_file, records)
         current["records"] = records_file.relative_to(self.run.path).as_posix()
         if batch is not None:
-            who = Classifier(records, frozenset(self.state["upgrade_apps"]), live_apps(self.state))
+            who = Classifier(records, frozenset(self.state["upgrade_apps"]))
             shown = view.baseline
             kept = [t for t in batch.transactions if not shown.shows(t.xid) and who.classify(t.xid) == LIVE]
             path = self.run.path / "live" / f"live-{index}.jsonl"
@@ -763,7 +743,7 @@ class LiveSwap:
     def _who(self) -> Classifier:
         assert self.drain is not None
         records = {**self.capture.view().records(), **read_records(self.drain)}
-        return Classifier(records, frozenset(self.capture.state["upgrade_apps"]), live_apps(self.capture.state))
+        return Classifier(records, frozenset(self.capture.state["upgrade_apps"]))
 
     def _refuse(self, plan: ReplayPlan, when: str) -> None:
         problems = plan.problems()

@@ -451,12 +451,6 @@ class Pipeline:
             return Verdict.BLOCKED, f"{exc} before anything was touched; nothing was touched"
         except Exception as exc:
             return Verdict.BLOCKED, f"the downtime prober did not start ({exc}); nothing was touched"
-        if self.live is not None:
-            try:
-                self.live.upgrade_begins(self.console.step)
-            except Exception as exc:  # noqa: BLE001 (said, and nothing was touched yet)
-                return Verdict.BLOCKED, (f"live-traffic capture: cannot read which applications wrote so far "
-                                         f"({redact(str(exc))}); nothing was touched")
         # From here on any failure, exception or signal rolls back what was touched.
         self.touching = True
         try:

@@ -467,6 +467,11 @@ class LiveCapture:
                         "a lost row is attributed only when live traffic deleted nothing; damage live traffic wrote "
                         "over afterwards is not seen")
         does.append("baseline snapshot held for the run: fingerprints and backup read it; vacuum waits for it")
+        deploy = self.config.deploy
+        if deploy is not None and deploy.kind != "process":
+            does.append(f"warning: a migration run inside the {deploy.kind} deploy (a script, an entrypoint) writes "
+                        f"as the app does and would count as live traffic; run it through [migrate], or under "
+                        f"application_name {apps}, or set [live] attribution = \"off\" when nobody writes")
         consent = self.config.rollback.discard_live_writes
         undo = ["keeps live writes: down migrations, then repair of only the damaged rows (their baseline values "
                 "from the held snapshot, else from the backup), verified",

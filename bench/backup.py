@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from restore import ROW_BYTES, server  # noqa: E402
 
-from upgate.checks.schema import libpq_target, snapshot_schema  # noqa: E402
+from upgate.checks.schema import snapshot_schema  # noqa: E402
+from upgate.checks.secrets import libpq_credentials  # noqa: E402
 from upgate.embedded.postgres import database_name, find_pg_tool  # noqa: E402
 from upgate.steps.backup import restore_database, take_backup  # noqa: E402
 
@@ -74,11 +75,11 @@ def build(url: str, gigabytes: float, layout: str) -> int:
 
 
 def bare(url: str, folder: Path, pg_dump: str, pg_restore: str) -> tuple[float, float]:
-    dsn, env = libpq_target(url)
     target = folder / "bare.dump"
     started = time.monotonic()
-    subprocess.run([pg_dump, "--format=custom", "--compress=1", "--no-owner", "--file", str(target), "--dbname", dsn],
-                   check=True, env={**os.environ, **env})
+    with libpq_credentials(url) as (dsn, env):
+        subprocess.run([pg_dump, "--format=custom", "--compress=1", "--no-owner", "--file", str(target),
+                        "--dbname", dsn], check=True, env=env)
     dumped = time.monotonic() - started
     subprocess.run([pg_restore, "--file", "/dev/null", str(target)], check=True)
     total = time.monotonic() - started

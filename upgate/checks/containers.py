@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from upgate.checks.result import CheckResult
@@ -31,11 +32,13 @@ def check_container(client: Any, name: str, baseline_restarts: int | None = None
     container, failed = _get(client, name)
     if failed:
         return failed
+    waited = _settle(container)
     state = container.attrs["State"]
     health = (state.get("Health") or {}).get("Status")
     restarts = int(container.attrs.get("RestartCount", 0))
     evidence = {"name": name, "id": container.id, "image": container.attrs["Config"]["Image"],
                 "image_id": container.attrs["Image"], "status": state.get("Status"), "health": health,
+                "waited_for_health_s": waited,
                 "restarts": restarts, "oom_killed": state.get("OOMKilled"), "exit_code": state.get("ExitCode")}
     short = container.attrs["Image"].removeprefix("sha256:")[:12]
     problems = []
@@ -52,6 +55,21 @@ def check_container(client: Any, name: str, baseline_restarts: int | None = None
     if problems:
         return CheckResult(False, f"{what}: {'; '.join(problems)}", evidence)
     return CheckResult(True, f"{what}, running, {health or 'no healthcheck'}, {restarts} restarts", evidence)
+
+
+def _settle(container: Any, cap_s: float = 120.0) -> float:
+    """While Docker still says the healthcheck is `starting`, wait (at most what the image's healthcheck can take
+    to decide: start period + (retries + 1) intervals, capped): a container just started is not yet unhealthy."""
+    check = container.attrs.get("Config", {}).get("Healthcheck") or {}
+    ns = 1e-9
+    limit = (check.get("StartPeriod", 0) * ns + (check.get("Retries", 3) + 1) * (check.get("Interval", 0) * ns or 30.0))
+    deadline = time.monotonic() + min(cap_s, limit)
+    started = time.monotonic()
+    while ((container.attrs["State"].get("Health") or {}).get("Status") == "starting"
+           and time.monotonic() < deadline):
+        time.sleep(0.5)
+        container.reload()
+    return round(time.monotonic() - started, 1)
 
 
 def check_image(client: Any, name: str, expected_id: str, why: str) -> CheckResult:

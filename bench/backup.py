@@ -33,11 +33,11 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from restore import ROW_BYTES, server  # noqa: E402
+from restore import ROW_BYTES, drop_bench_databases, server  # noqa: E402
 
 from upgate.checks.schema import snapshot_schema  # noqa: E402
 from upgate.checks.secrets import libpq_credentials  # noqa: E402
-from upgate.embedded.postgres import database_name, find_pg_tool  # noqa: E402
+from upgate.embedded.postgres import find_pg_tool  # noqa: E402
 from upgate.steps.backup import restore_database, take_backup  # noqa: E402
 
 PARTITIONS = 8
@@ -143,11 +143,7 @@ def main() -> None:
             print(f"backup ratio: {statistics.median(ratios):.2f}")
             print(f"restore seconds per GB: {statistics.median(restores) / gib:.2f}")
         finally:
-            with psycopg.connect(srv.url, autocommit=True) as conn:
-                rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
-                                    (f"{database_name(url)}%",)).fetchall()
-                for (name,) in rows:
-                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            drop_bench_databases(srv.url, url)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,9 @@ import time
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from restore import fill, server  # noqa: E402  (bench/restore.py: the same ~1 GB database)
+from restore import drop_bench_databases, fill, server  # noqa: E402  (bench/restore.py: the same ~1 GB database)
 
 from upgate.checks.integrity import diff_table, fingerprint_table  # noqa: E402
 from upgate.checks.schema import snapshot_schema  # noqa: E402
@@ -32,7 +31,7 @@ from upgate.core.journal import Journal  # noqa: E402
 from upgate.core.live import LiveCapture, LiveView  # noqa: E402
 from upgate.core.repair import repair_damage  # noqa: E402
 from upgate.core.runs import RunDir  # noqa: E402
-from upgate.embedded.postgres import database_name, find_pg_tool  # noqa: E402
+from upgate.embedded.postgres import find_pg_tool  # noqa: E402
 from upgate.steps.backup import restore_database, take_backup  # noqa: E402
 
 
@@ -109,10 +108,7 @@ def main() -> None:
                   f"{diff_table(url, baseline).empty})")
             print(f"ratio:    repair / full restore = {repair_s / outcome.seconds:.4f} (target <= 0.1)")
         finally:
-            with psycopg.connect(srv.url, autocommit=True) as conn:
-                for name in (database_name(url), f"{database_name(url)}_failed_bench",
-                             f"{database_name(url)}_upgate_bench"):
-                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            drop_bench_databases(srv.url, url)
 
 
 if __name__ == "__main__":

@@ -119,10 +119,16 @@ def main() -> None:
                   f"{outcome.seconds:.1f} s ({parts})")
             print(f"ratio:    upgate / bare = {outcome.seconds / bare:.2f}")
         finally:
-            with psycopg.connect(srv.url, autocommit=True) as conn:
-                for name in (database_name(url), f"{database_name(url)}_failed_bench",
-                             f"{database_name(url)}_upgate_bench"):
-                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            drop_bench_databases(srv.url, url)
+
+
+def drop_bench_databases(server_url: str, url: str) -> None:
+    """Drop the bench database and every one a restore made beside it (fresh, failed: same name prefix)."""
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                            (f"{database_name(url)}%",)).fetchall()
+        for (name,) in rows:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 if __name__ == "__main__":

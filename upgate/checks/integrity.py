@@ -1209,7 +1209,7 @@ def _unpack(blob: bytes | None, count: int, plan: _Plan) -> tuple[np.ndarray | N
     """Keys (None without a key) and row hashes of a chunk's blob, as big-endian views (no copy)."""
     item = _SINGLE if plan.kind == ROWS else _PAIR
     if count == 0 or blob is None:
-        values = np.empty(0, dtype=item)
+        values: np.ndarray = np.empty(0, dtype=item)
     elif len(blob) != count * item.itemsize:
         raise ValueError(f"table {plan.table!r}: the key has NULL values; pass key=[...] naming non-null unique "
                          "columns")

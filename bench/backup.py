@@ -3,7 +3,8 @@
     python bench/backup.py [--gb 1.0] [--rounds 3] [--layout partitioned|single] [--url postgresql://...]
 
 bare:    `pg_dump -Fc -Z1` + `pg_restore -f /dev/null` (one process after the other, one core)
-upgate:  `take_backup` as the backup step runs it: `pg_dump -Fd -j N -Z1`, then the full read and the
+upgate:  `take_backup` as the backup step runs it (its default `[backup] compression`, uncompressed;
+         `--compression 1` for gzip): `pg_dump -Fd -j N`, then the full read and the
          per-file sha256 manifest at the same time
 restore: `restore_database` into a fresh database (pg_restore -j N, schema check, settings, swap)
 
@@ -37,6 +38,7 @@ from restore import ROW_BYTES, drop_bench_databases, server  # noqa: E402
 
 from upgate.checks.schema import snapshot_schema  # noqa: E402
 from upgate.checks.secrets import libpq_credentials  # noqa: E402
+from upgate.config import BackupConfig  # noqa: E402
 from upgate.embedded.postgres import find_pg_tool  # noqa: E402
 from upgate.steps.backup import restore_database, take_backup  # noqa: E402
 
@@ -98,6 +100,8 @@ def main() -> None:
     parser.add_argument("--layout", choices=("partitioned", "single"), default="partitioned")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="-j for dump and restore")
     parser.add_argument("--url", help="a server to use instead of a private one")
+    parser.add_argument("--compression", type=int, default=BackupConfig().compression,
+                        help="the backup step's -Z (default: its configured default)")
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
     with server(args.url) as srv, tempfile.TemporaryDirectory(prefix="upgate-bench-backup-") as scratch:
@@ -109,14 +113,16 @@ def main() -> None:
             t0 = time.monotonic()
             size = build(url, args.gb, args.layout)
             gib = size / 2**30
-            print(f"database: {gib:.2f} GiB ({args.layout}) built in {time.monotonic() - t0:.0f} s", flush=True)
+            print(f"database: {gib:.2f} GiB ({args.layout}) built in {time.monotonic() - t0:.0f} s; upgate dumps with "
+                  f"-Z{args.compression}, the bare dump with -Z1", flush=True)
             with psycopg.connect(url) as conn:
                 expected = snapshot_schema(conn)
             bare_s, ours_s, ours_dump, ours_check, ratios, restores = [], [], [], [], [], []
             for round_ in range(args.rounds):
                 _dumped, floor = bare(url, folder, pg_dump, pg_restore)
                 started = time.monotonic()
-                backup = take_backup(url, folder / "upgate", pg_dump, pg_restore, compression=1, jobs=args.jobs)
+                backup = take_backup(url, folder / "upgate", pg_dump, pg_restore, compression=args.compression,
+                                     jobs=args.jobs)
                 ours = time.monotonic() - started
                 bare_s.append(floor)
                 ours_s.append(ours)

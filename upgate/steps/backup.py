@@ -5,9 +5,11 @@
     >>> outcome.method, outcome.kept_as
     ('fresh-database', 'app_failed_20261125_101500_ab12')
 
-`pg_dump -Fd -j N` (a directory archive, one data file per table, tables dumped in parallel) at low
-compression; then, at the same time, the verification by a full read (`pg_restore -f /dev/null` over
-the whole archive: `--list` only reads the table of contents and misses a corrupt data block) and the
+`pg_dump -Fd -j N` (a directory archive, one data file per table, tables dumped in parallel),
+uncompressed by default (`[backup] compression`: gzip costs more than the dump itself on two cores, and
+the restore decompresses again); then, at the same time, the verification by a full read (`pg_restore -f /dev/null` over
+the whole archive: `--list` only reads the table of contents and misses a corrupt data block; gzip's CRC
+checks each compressed block, an uncompressed archive is proven to read to its end) and the
 checksums (`manifest.sha256`, one sha256 per file, `sha256sum -c` format; the backup's `sha256` is the
 manifest's). The restore checks the manifest again, in parallel, before it trusts the archive.
 
@@ -160,7 +162,7 @@ def verify_backup(path: Path, pg_restore: str, level: str = "full",
     return time.monotonic() - started
 
 
-def take_backup(url: str, folder: Path, pg_dump: str, pg_restore: str, compression: int = 1,
+def take_backup(url: str, folder: Path, pg_dump: str, pg_restore: str, compression: int = 0,
                 verify: str = "full", jobs: int | None = None, snapshot: str | None = None,
                 track: Callable[[subprocess.Popen[str] | None], None] | None = None) -> Backup:
     """Dump with `jobs` parallel workers, then verify (full read) and checksum at the same time.

@@ -51,7 +51,8 @@ def init_config(target: DemoTarget, folder: Path) -> Path:
     return out
 
 
-@pytest.mark.parametrize("scenario", ["good", "destructive"])
+# make test keeps destructive (an init config that gated nothing would pass good); good is in the long tier.
+@pytest.mark.parametrize("scenario", [pytest.param("good", marks=pytest.mark.slow), "destructive"])
 def test_the_init_config_gives_the_demo_plans_verdict(scenario: str, pg_server: PostgresServer,
                                                        tmp_path: Path) -> None:
     folder = tmp_path / "init"

@@ -57,6 +57,7 @@ def _run_under_pgbench(target, tmp_path: Path):
     return proc, summary, load
 
 
+@pytest.mark.slow  # the long tier (make test-slow): make test keeps live-locust-good (no false alarm under live writes)
 @pytest.mark.parametrize("target", ["live-pgbench-good"], indirect=True)
 def test_good_upgrade_under_pgbench_is_upgraded_without_false_alarm(target, tmp_path):
     proc, summary, _ = _run_under_pgbench(target, tmp_path)

@@ -67,6 +67,7 @@ def test_drifting_model_is_swapped_back(target, tmp_path):
     assert served_model(target.base_url)["resolved"] == str(live(target).resolve())
 
 
+@pytest.mark.slow  # the long tier (make test-slow): make test keeps a blocked real checkpoint (model-wrong-shape)
 @pytest.mark.parametrize("target", ["model-good"], indirect=True)
 def test_mismatched_tokenizer_is_blocked_before_anything_is_switched(target, tmp_path):
     bad = use_candidate(target, "vocab-mismatch")
@@ -80,6 +81,7 @@ def test_mismatched_tokenizer_is_blocked_before_anything_is_switched(target, tmp
     assert "model" not in names and "model backup" not in names
 
 
+@pytest.mark.slow  # the long tier (make test-slow): make test keeps a blocked real checkpoint (model-wrong-shape)
 @pytest.mark.parametrize("target", ["model-good"], indirect=True)
 def test_truncated_candidate_fails_the_pre_gate_by_hand(target, tmp_path):
     use_candidate(target, "truncated")
@@ -132,8 +134,14 @@ def minilm_available() -> Path:
         pytest.skip(f"real checkpoint all-minilm-l6-v2 unavailable here: {exc}")
 
 
-@pytest.mark.parametrize(("target", "code", "words"), EMBEDDING_CASES, indirect=["target"],
-                         ids=[c[0] for c in EMBEDDING_CASES])
+# make test: one candidate per verdict (upgraded, blocked, rolled back); the rest of the matrix is in the long
+# tier (make test-slow), and every pre-gate's finding also in tests/integration/test_models_real_checkpoints.py.
+QUICK_EMBEDDING = {"model-resaved-good", "model-wrong-shape", "model-scrambled-layers"}
+
+
+@pytest.mark.parametrize(("target", "code", "words"),
+                         [pytest.param(*c, marks=() if c[0] in QUICK_EMBEDDING else pytest.mark.slow)
+                          for c in EMBEDDING_CASES], indirect=["target"], ids=[c[0] for c in EMBEDDING_CASES])
 def test_real_embedding_model_upgrade(minilm_available, target, code, words, tmp_path):
     models = target.folder / "models"
     live_path, v1 = models / "minilm", models / "releases" / "minilm-v1"

@@ -49,6 +49,7 @@ def latency_evidence(run: Path) -> dict:
     return json.loads(next((run / "evidence").glob("*no_latency_regression-latency.json")).read_text())["evidence"]
 
 
+@pytest.mark.slow  # the long tier (make test-slow): sequential windows; make test keeps the paired detection below
 @pytest.mark.parametrize("target", ["slow"], indirect=True)
 def test_slow_build_is_rolled_back_by_the_performance_gate(target: DemoTarget, tmp_path):
     proc, summary = run_upgate(target, tmp_path)
@@ -90,6 +91,7 @@ def test_slow_build_beside_the_old_version_is_caught_pairwise(target: DemoTarget
     assert serving_build(target.base_url) == "v1" and summary["verdict"] == "ROLLED_BACK"
 
 
+@pytest.mark.slow  # the long tier (make test-slow): minutes of load; make test keeps the A/A run of tests/integration/test_perf_load.py
 @pytest.mark.parametrize("target", ["good"], indirect=True)
 def test_good_upgrade_is_not_rolled_back_by_the_performance_gate(target: DemoTarget, tmp_path):
     target.config.write_text(target.config.read_text(encoding="utf-8") + PERFORMANCE, encoding="utf-8")

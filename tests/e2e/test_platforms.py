@@ -82,7 +82,8 @@ def test_docker_good_upgrades_onto_the_live_port(platform: DemoTarget, tmp_path:
 
 
 @pytest.mark.docker
-@pytest.mark.parametrize("platform", ["docker-preview-bad", "compose-preview-bad"], indirect=True)
+@pytest.mark.parametrize("platform", ["docker-preview-bad", pytest.param("compose-preview-bad", marks=pytest.mark.slow)],
+                         indirect=True)
 def test_preview_failure_never_touches_the_live_container(platform: DemoTarget, tmp_path: Path) -> None:
     before = _container(platform)
     proc, summary = run_upgate(platform, tmp_path)
@@ -95,7 +96,8 @@ def test_preview_failure_never_touches_the_live_container(platform: DemoTarget, 
 
 
 @pytest.mark.docker
-@pytest.mark.parametrize("platform", ["docker-promotion-bad", "compose-promotion-bad"], indirect=True)
+@pytest.mark.parametrize("platform", ["docker-promotion-bad", pytest.param("compose-promotion-bad", marks=pytest.mark.slow)],
+                         indirect=True)
 def test_promotion_failure_serves_the_previous_image_id(platform: DemoTarget, tmp_path: Path) -> None:
     before = _container(platform)
     proc, summary = run_upgate(platform, tmp_path)
@@ -137,6 +139,7 @@ def test_blue_green_bad_puts_the_selector_back_on_blue(platform: DemoTarget, tmp
 
 
 @pytest.mark.kubernetes
+@pytest.mark.slow  # the long tier (make test-slow): a rollout that must time out; make test keeps blue-green good and bad
 @pytest.mark.parametrize("platform", ["k8s-rolling-bad"], indirect=True)
 def test_rolling_bad_restores_the_previous_template(platform: DemoTarget, tmp_path: Path) -> None:
     proc, summary = run_upgate(platform, tmp_path)
@@ -165,6 +168,7 @@ def test_drain_blocked_by_a_budget_names_the_pods(platform: DemoTarget, tmp_path
 
 
 @pytest.mark.kubernetes
+@pytest.mark.slow  # the long tier (make test-slow): make test keeps the node drain blocked by its budget
 @pytest.mark.parametrize("platform", ["k8s-node-upgrade-good"], indirect=True)
 def test_node_upgrade_good(platform: DemoTarget, tmp_path: Path) -> None:
     proc, summary = run_upgate(platform, tmp_path)

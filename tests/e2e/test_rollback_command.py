@@ -95,7 +95,14 @@ def assert_v1_as_before(target, before: dict[int, str]) -> None:
     assert rows_digest(target.database_url) == before
 
 
-@pytest.mark.parametrize(("step", "event", "nth", "expected"), GOOD_RUN,
+# make test kills at the points where the answer changes (the last nothing-touched record, the first change,
+# nothing serving, the verdict reached); every other point is in the long tier (make test-slow).
+QUICK_GOOD = {("backup", "verified"), ("migrate", "applying"), ("deploy", "stopped"), ("post-gates", "end")}
+QUICK_LADDER = {("migrate", "reverting"), ("restore", "created"), ("restore", "renamed-out")}
+
+
+@pytest.mark.parametrize(("step", "event", "nth", "expected"),
+                         [pytest.param(*p, marks=() if p[:2] in QUICK_GOOD else pytest.mark.slow) for p in GOOD_RUN],
                          ids=[f"{s}:{e}" for s, e, _, _ in GOOD_RUN])
 def test_run_killed_at_each_journal_point_is_undone(pg_server, tmp_path, step, event, nth, expected):
     target = start_target("good", pg_server, tmp_path, rows=ROWS)
@@ -117,7 +124,9 @@ def test_run_killed_at_each_journal_point_is_undone(pg_server, tmp_path, step, e
         stop_target(target, pg_server)
 
 
-@pytest.mark.parametrize(("step", "event", "nth"), DESTRUCTIVE_LADDER,
+@pytest.mark.parametrize(("step", "event", "nth"),
+                         [pytest.param(*p, marks=() if p[:2] in QUICK_LADDER else pytest.mark.slow)
+                          for p in DESTRUCTIVE_LADDER],
                          ids=[f"{s}:{e}:{n}" for s, e, n in DESTRUCTIVE_LADDER])
 def test_rollback_killed_at_each_ladder_point_is_finished(pg_server, tmp_path, step, event, nth):
     target = start_target("destructive", pg_server, tmp_path, rows=ROWS)

@@ -191,6 +191,7 @@ def test_aa_run_through_the_gates_is_never_a_regression(service, tmp_path):
     assert (run_dir / "perf" / "candidate_stats.csv").exists() and (run_dir / "perf" / "candidate.json").exists()
 
 
+@pytest.mark.slow  # the long tier (make test-slow): make test keeps the paired slow scenario end to end (tests/e2e/test_perf_scenarios.py)
 def test_paired_gate_fails_a_slowed_candidate_beside_the_live_version(start, tmp_path):
     live, slow = start("v1"), start("v2-slow-3x")
     config = write_config(tmp_path, slow)
@@ -209,6 +210,7 @@ def test_paired_gate_fails_a_slowed_candidate_beside_the_live_version(start, tmp
     assert (run_dir / "perf" / "live.json").exists() and (run_dir / "perf" / "candidate.json").exists()
 
 
+@pytest.mark.slow  # the long tier (make test-slow): a second A/A pairing; make test keeps test_aa_run_through_the_gates_is_never_a_regression
 def test_paired_gate_from_baseline_url_passes_the_same_build(start, tmp_path):
     live, candidate = start("v1"), start("v1")
     config = write_config(tmp_path, candidate, f'baseline_url = "{live.base_url}"')

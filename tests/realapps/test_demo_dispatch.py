@@ -46,6 +46,7 @@ def test_makefile_takes_the_scenarios_from_the_list() -> None:
         assert name in shown.split(), name
 
 
+@pytest.mark.slow  # the long tier (make test-slow): pip's own retries against a dead index
 def test_an_unreachable_package_index_is_a_usage_error_naming_the_app(tmp_path) -> None:
     dead = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}

@@ -26,6 +26,7 @@ def _run(python, *args: str, check: bool = True) -> subprocess.CompletedProcess[
                           check=check)
 
 
+@pytest.mark.slow  # the long tier (make test-slow): make test runs optuna's scenarios on this harness (tests/realapps/test_realapps_scenarios.py)
 @pytest.mark.parametrize("realapp", ["optuna-upgrade-good"], indirect=True)
 def test_old_version_writes_serves_and_the_upgrade_keeps_every_trial(realapp: RealAppTarget, venv) -> None:
     url = realapp.database_url

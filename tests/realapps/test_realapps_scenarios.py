@@ -45,7 +45,9 @@ def test_optuna_upgrade_good(realapp: RealAppTarget, tmp_path) -> None:
     assert_serving_only(realapp, {"5.0.0"}, before)
 
 
-@pytest.mark.parametrize("realapp", ["optuna-upgrade-data-loss", "optuna-upgrade-broken-start"], indirect=True)
+@pytest.mark.parametrize("realapp", ["optuna-upgrade-data-loss",
+                                     pytest.param("optuna-upgrade-broken-start", marks=pytest.mark.slow)],
+                         indirect=True)
 def test_optuna_upgrade_bad_is_restored_and_old_version_serves(realapp: RealAppTarget, tmp_path) -> None:
     before = observe(realapp)
     code, output = upgrade(realapp, realapp.config, tmp_path)
@@ -69,6 +71,7 @@ def notes_v1_digest(url: str) -> str:
     return str(row[0])
 
 
+@pytest.mark.slow  # the long tier (make test-slow): make test keeps django's irreversible migration, restored
 @pytest.mark.parametrize("realapp", ["django-migrate-good"], indirect=True)
 def test_django_migrate_good(realapp: RealAppTarget, tmp_path) -> None:
     url = realapp.database_url
@@ -96,6 +99,7 @@ def test_django_irreversible_migration_is_undone_by_the_restore(realapp: RealApp
     assert_serving_only(realapp, {"v1"}, before)
 
 
+@pytest.mark.slow  # the long tier (make test-slow): make test keeps django's irreversible migration, restored
 @pytest.mark.parametrize("realapp", ["django-migrate-reversible-bad"], indirect=True)
 def test_django_reversible_migration_is_undone_by_its_down(realapp: RealAppTarget, tmp_path) -> None:
     url = realapp.database_url
@@ -114,6 +118,7 @@ def test_django_reversible_migration_is_undone_by_its_down(realapp: RealAppTarge
 # --- gunicorn (arbiter + 2 workers), kind = "process" ---------------------------------------------------
 
 
+@pytest.mark.slow  # the long tier (make test-slow): make test keeps the leftover worker caught before anything changes
 @pytest.mark.parametrize("realapp", ["gunicorn-deploy-good"], indirect=True)
 def test_gunicorn_deploy_good_leaves_no_old_worker(realapp: RealAppTarget, tmp_path) -> None:
     before = observe(realapp)
@@ -142,6 +147,7 @@ def test_gunicorn_leftover_worker_is_caught_before_anything_is_touched(realapp: 
 # --- a migration upgate is not told about ------------------------------------------------------------
 
 
+@pytest.mark.slow  # the long tier (make test-slow): make test keeps optuna's data loss, restored
 @pytest.mark.parametrize("realapp", ["optuna-upgrade-good"], indirect=True)
 def test_optuna_migration_hidden_in_the_deploy_command_is_rolled_back(realapp: RealAppTarget, tmp_path) -> None:
     """The good upgrade wired as users did before `[migrate] kind = "command"`: `optuna storage upgrade` inside

@@ -101,7 +101,15 @@ def test_lock_timeout_is_retried_with_backoff_until_the_lock_is_free(db, tmp_pat
     step, ctx = step_for(db, migrate, tmp_path)
     holder = psycopg.connect(db)
     holder.execute("LOCK TABLE items IN ACCESS SHARE MODE")  # the tool's ALTER on items must wait
-    release = threading.Timer(1.0, holder.rollback)
+    log = ctx.run.logs / "migrate-up.log"
+
+    def release_after_the_first_timeout() -> None:  # not on a timer: a loaded machine may start the tool late
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (log.exists() and "lock timeout" in log.read_text()):
+            time.sleep(0.05)
+        holder.rollback()
+
+    release = threading.Thread(target=release_after_the_first_timeout)
     release.start()
     try:
         step.do(ctx)

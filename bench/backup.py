@@ -2,7 +2,8 @@
 
     python bench/backup.py [--gb 1.0] [--rounds 3] [--layout partitioned|single] [--url postgresql://...]
 
-bare:    `pg_dump -Fc -Z1` + `pg_restore -f /dev/null` (one process after the other, one core)
+bare:    `pg_dump -Fc -Z1` + `pg_restore -f /dev/null` (one process after the other, one core); the same
+         with -Z0 is printed beside it, the like-for-like floor of an uncompressed backup
 upgate:  `take_backup` as the backup step runs it (its default `[backup] compression`, uncompressed;
          `--compression 1` for gzip): `pg_dump -Fd -j N`, then the full read and the
          per-file sha256 manifest at the same time
@@ -76,11 +77,11 @@ def build(url: str, gigabytes: float, layout: str) -> int:
     return int(size[0]) if size else 0
 
 
-def bare(url: str, folder: Path, pg_dump: str, pg_restore: str) -> tuple[float, float]:
+def bare(url: str, folder: Path, pg_dump: str, pg_restore: str, compress: int = 1) -> tuple[float, float]:
     target = folder / "bare.dump"
     started = time.monotonic()
     with libpq_credentials(url) as (dsn, env):
-        subprocess.run([pg_dump, "--format=custom", "--compress=1", "--no-owner", "--file", str(target),
+        subprocess.run([pg_dump, "--format=custom", f"--compress={compress}", "--no-owner", "--file", str(target),
                         "--dbname", dsn], check=True, env=env)
     dumped = time.monotonic() - started
     subprocess.run([pg_restore, "--file", "/dev/null", str(target)], check=True)
@@ -118,8 +119,10 @@ def main() -> None:
             with psycopg.connect(url) as conn:
                 expected = snapshot_schema(conn)
             bare_s, ours_s, ours_dump, ours_check, ratios, restores = [], [], [], [], [], []
+            plain_ratios: list[float] = []  # against a bare uncompressed dump: the like-for-like floor
             for round_ in range(args.rounds):
                 _dumped, floor = bare(url, folder, pg_dump, pg_restore)
+                _dumped, plain = bare(url, folder, pg_dump, pg_restore, compress=0)
                 started = time.monotonic()
                 backup = take_backup(url, folder / "upgate", pg_dump, pg_restore, compression=args.compression,
                                      jobs=args.jobs)
@@ -129,6 +132,7 @@ def main() -> None:
                 ours_dump.append(backup.dump_s)
                 ours_check.append(backup.verify_s)
                 ratios.append(ours / floor)
+                plain_ratios.append(ours / plain)
                 started = time.monotonic()
                 outcome = restore_database(url, backup, pg_restore, psql, tag=f"bench{round_}", expected=expected,
                                            jobs=args.jobs)
@@ -137,7 +141,7 @@ def main() -> None:
                     conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                         sql.Identifier(outcome.kept_as or "")))
                 shutil.rmtree(folder / "upgate")
-                print(f"round {round_ + 1}: bare {floor:.2f} s, upgate {ours:.2f} s (dump {backup.dump_s:.2f} s, "
+                print(f"round {round_ + 1}: bare {floor:.2f} s (-Z0 {plain:.2f} s), upgate {ours:.2f} s (dump {backup.dump_s:.2f} s, "
                       f"verify + manifest {backup.verify_s:.2f} s, {backup.size_bytes / 2**20:.0f} MiB), ratio "
                       f"{ours / floor:.2f}; restore {restores[-1]:.2f} s ({outcome.method})", flush=True)
             print(f"bare dump + full read: {spread(bare_s)}")
@@ -145,6 +149,8 @@ def main() -> None:
                   f"{spread(ours_check)})")
             print(f"restore:               {spread(restores)} for {gib:.2f} GiB")
             print(f"backup ratio min {min(ratios):.2f}, median {statistics.median(ratios):.2f}")
+            print(f"backup ratio against a bare -Z0 dump + full read: min {min(plain_ratios):.2f}, "
+                  f"median {statistics.median(plain_ratios):.2f}")
             print(f"load average after: {os.getloadavg()[0]:.2f}")
             print(f"backup ratio: {statistics.median(ratios):.2f}")
             print(f"restore seconds per GB: {statistics.median(restores) / gib:.2f}")

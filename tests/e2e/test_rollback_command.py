@@ -89,6 +89,12 @@ def run_killed_at(config: Path, reports: Path, point: tuple[str, str, int], cwd:
     return run
 
 
+def rollback_record(run: Path) -> dict:
+    """What `upgate rollback` wrote: summary.json, or beside it when the killed run had already written its own."""
+    records = sorted(p for p in run.glob("rollback-*.json") if not p.name.endswith("-downtime.json"))
+    return json.loads((records[-1] if records else run / "summary.json").read_text())
+
+
 def assert_v1_as_before(target, before: dict[int, str]) -> None:
     assert serving_build(target.base_url) == "v1"
     assert not (V2_COLUMNS & columns(target.database_url))
@@ -115,10 +121,7 @@ def test_run_killed_at_each_journal_point_is_undone(pg_server, tmp_path, step, e
             assert "nothing to undo" in result.stdout
         else:
             assert "ROLLED_BACK" in result.stdout
-            # A run that finished keeps its summary; the rollback's record goes beside it.
-            records = sorted(p for p in run.glob("rollback-*.json") if not p.name.endswith("-downtime.json"))
-            record = records[-1] if records else run / "summary.json"
-            assert json.loads(record.read_text())["rollback"]["verified"] is True
+            assert rollback_record(run)["rollback"]["verified"] is True
         assert_v1_as_before(target, before)
     finally:
         stop_target(target, pg_server)

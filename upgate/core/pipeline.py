@@ -48,6 +48,7 @@ from upgate.core.runs import (
 )
 from upgate.errors import ConfigError, StepFailed, Verdict, exit_code
 from upgate.reporting.audit import audit_log_for
+from upgate.reporting.charts import prewarm as prewarm_charts
 from upgate.reporting.console import Console
 from upgate.reporting.report import report_run
 from upgate.steps import Step, StepContext, build_steps
@@ -104,6 +105,7 @@ class Pipeline:
         self.write_problems: list[str] = []
         #: The warm gate process (upgate/core/gating.py): one start-up per run, a fresh fork per phase.
         self.gate_worker: GateWorker | None = None
+        self.charts_warm: threading.Thread | None = None  # matplotlib imported while the last gates run
         self.ctx = StepContext(config, self.run, self.journal, say=self.console.step)
         self.steps: list[Step] = []  # every step of the plan (or, for `upgate rollback`, the ones done)
         self.done: list[Step] = []  # the steps whose do() started
@@ -141,6 +143,8 @@ class Pipeline:
         self.console.step(label, f"pytest {('post' if phase in ('rollback', 'preview') else phase)} gates"
                           + (" against the baseline" if phase == "rollback" else "")
                           + (f" against the candidate's preview {app_url}" if app_url else ""))
+        if phase in ("post", "rollback") and self.charts_warm is None:
+            self.charts_warm = prewarm_charts()  # the gates wait on a subprocess: the import costs no time here
 
         def go() -> dict[str, Any]:
             result = run_gates(phase, self.config, self.run, on_line=self.console.gate, worker=self.gate_worker,
@@ -163,6 +167,9 @@ class Pipeline:
         self.console.step(label, f"passed: {result.describe()} ({result.seconds:.1f} s)")
         if phase == "pre":
             show_estimate(self.run, self.console)
+            # The upgrade goes ahead: the charts after the verdict will need matplotlib, imported while the
+            # steps and post-gates mostly wait on other processes.
+            self.charts_warm = self.charts_warm or prewarm_charts()
         return result
 
     def _diagnose(self, after: str) -> None:
@@ -357,6 +364,8 @@ class Pipeline:
             _stderr(f"upgate: warning: not written: {problem}")
         if self.options.record == "summary.json":
             try:
+                if self.charts_warm is not None:
+                    self.charts_warm.join(timeout=60)
                 report_run(self.run, data, self.config, self.console)
             except Exception as exc:
                 _stderr(f"upgate: warning: report not written: {exc}")

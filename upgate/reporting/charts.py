@@ -8,7 +8,9 @@ Each function takes plain data (what the run folder holds) and writes one file; 
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +27,27 @@ VERDICT_COLORS = {
     "ROLLED_BACK": "#ef6c00",
     "NEEDS_ATTENTION": "#c62828",
 }
+
+
+def prewarm() -> threading.Thread:
+    """Import matplotlib and its Agg backend on a thread (about a second of one core on a slow machine) while
+    the run waits on its last gates, so that the charts written after the verdict do not pay for it. Join the
+    thread before drawing; an import that fails here fails again, and is reported, when the chart is drawn."""
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            import matplotlib
+
+            matplotlib.use("Agg", force=True)
+            from matplotlib import font_manager
+            from matplotlib.backends import backend_agg  # noqa: F401
+            from matplotlib.figure import Figure  # noqa: F401
+
+            font_manager.fontManager.findfont("DejaVu Sans")
+
+    thread = threading.Thread(target=load, name="upgate-charts-prewarm", daemon=True)
+    thread.start()
+    return thread
 
 
 def _figure(rows: int = 1, height: float = 4.0) -> tuple[Figure, Any]:

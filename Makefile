@@ -5,9 +5,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SCENARIO ?= good
 ROWS   ?= 100000
-# pytest-xdist workers: three per core, idle ones stealing queued tests. The e2e tests spend much of their time
-# waiting on processes, probes and PostgreSQL: on 2 cores the quick tier took 374 s at -n 4, 319 s at -n 6.
-JOBS   ?= $(shell echo $$(( 3 * $$(nproc 2>/dev/null || echo 1) )))
+# pytest-xdist workers: two per core, idle ones stealing queued tests. The e2e tests spend much of their time
+# waiting on processes, probes and PostgreSQL: on 2 cores the quick tier took 374 s at -n 4, 319 s at -n 6, but
+# at -n 6 on a slower host each test ran up to 7x its time alone and timing-bound ones (a restore replaying a
+# 100k-row backfill under pgbench) ran past their limits.
+JOBS   ?= $(shell echo $$(( 2 * $$(nproc 2>/dev/null || echo 1) )))
 
 .PHONY: help venv demo demo-all test test-slow test-all lint typecheck unit integration e2e bench clean report-tools
 
@@ -17,7 +19,7 @@ help:
 	else echo "                (run \`make venv\` first to list them)"; fi
 	@echo "make demo-all  every demo scenario (\`upgate demo --list\`), one after the other"
 	@echo "make test      lint, type check, and upgate's own tests (unit, integration on real PostgreSQL, e2e: one pass and"
-	@echo "              one fail per capability), three workers per core; mypy runs beside the tests"
+	@echo "              one fail per capability), two workers per core; mypy runs beside the tests"
 	@echo "make test-slow the long tier: every journal point, minutes-long load windows, the full scenario matrices"
 	@echo "make test-all  both (what CI runs)"
 	@echo "make bench     benchmarks (bench/): integrity fingerprints against the floor and bytes per row; downtime error; perf A/A and detection; restore of ~1 GB against bare pg_restore;"

@@ -105,7 +105,8 @@ class Pipeline:
         self.write_problems: list[str] = []
         #: The warm gate process (upgate/core/gating.py): one start-up per run, a fresh fork per phase.
         self.gate_worker: GateWorker | None = None
-        self.charts_warm: threading.Thread | None = None  # matplotlib imported while the last gates run
+        #: matplotlib imported on a thread once the upgrade goes ahead (or the rollback verifies), for the report.
+        self.charts_warm: threading.Thread | None = None
         self.ctx = StepContext(config, self.run, self.journal, say=self.console.step)
         self.steps: list[Step] = []  # every step of the plan (or, for `upgate rollback`, the ones done)
         self.done: list[Step] = []  # the steps whose do() started
@@ -143,8 +144,8 @@ class Pipeline:
         self.console.step(label, f"pytest {('post' if phase in ('rollback', 'preview') else phase)} gates"
                           + (" against the baseline" if phase == "rollback" else "")
                           + (f" against the candidate's preview {app_url}" if app_url else ""))
-        if phase in ("post", "rollback") and self.charts_warm is None:
-            self.charts_warm = prewarm_charts()  # the gates wait on a subprocess: the import costs no time here
+        if phase in ("post", "rollback"):  # `upgate rollback` has no pre-gates to start it after
+            self._warm_charts()
 
         def go() -> dict[str, Any]:
             result = run_gates(phase, self.config, self.run, on_line=self.console.gate, worker=self.gate_worker,
@@ -167,10 +168,14 @@ class Pipeline:
         self.console.step(label, f"passed: {result.describe()} ({result.seconds:.1f} s)")
         if phase == "pre":
             show_estimate(self.run, self.console)
-            # The upgrade goes ahead: the charts after the verdict will need matplotlib, imported while the
-            # steps and post-gates mostly wait on other processes.
-            self.charts_warm = self.charts_warm or prewarm_charts()
+            self._warm_charts()
         return result
+
+    def _warm_charts(self) -> None:
+        """Import matplotlib on a thread, once: the steps and gates mostly wait on other processes, and the
+        charts written after the verdict then do not pay for the import."""
+        if self.charts_warm is None:
+            self.charts_warm = prewarm_charts()
 
     def _diagnose(self, after: str) -> None:
         """The diagnostics gate family, right after a failure: evidence only, never the verdict."""

@@ -7,10 +7,10 @@
 
 `pg_dump -Fd -j N` (a directory archive, one data file per table, tables dumped in parallel),
 uncompressed by default (`[backup] compression`: gzip costs more than the dump itself on two cores, and
-the restore decompresses again); then, at the same time, the verification by a full read (`pg_restore -f /dev/null` over
-the whole archive: `--list` only reads the table of contents and misses a corrupt data block; gzip's CRC
-checks each compressed block, an uncompressed archive is proven to read to its end) and the
-checksums (`manifest.sha256`, one sha256 per file, `sha256sum -c` format; the backup's `sha256` is the
+the restore decompresses again); then, at the same time, the verification by a full read (`pg_restore -f
+/dev/null` over the whole archive: `--list` only reads the table of contents and misses a corrupt data
+block; gzip's CRC checks each compressed block, an uncompressed archive is proven to read to its end) and
+the checksums (`manifest.sha256`, one sha256 per file, `sha256sum -c` format; the backup's `sha256` is the
 manifest's). The restore checks the manifest again, in parallel, before it trusts the archive.
 
 The restore never restores *over* what the migration left: `pg_restore --clean` cannot drop an old

@@ -95,17 +95,26 @@ def apply_targets(conn: psycopg.Connection[Any], table: str, key: Sequence[str],
     for batch in _batches(deletes):
         done.deleted += _delete(conn, shape, key, batch)
     present = read_rows(conn, table, key, list(writes), list(key)) if writes else {}
+    # One statement per row, sent pipelined by column set (executemany): thousands of rows a replay under
+    # live traffic brings cost one round trip per batch, not one each.
+    updates: dict[tuple[str, ...], list[list[str | None]]] = {}
+    inserts: dict[tuple[str, ...], list[list[str | None]]] = {}
     for k, row in writes.items():
         if k in present:
-            columns = {c: v for c, v in row.items() if c not in key}
-            if columns:
-                _update(conn, shape, key, k, columns)
+            changed = {c: v for c, v in row.items() if c not in key}
+            if changed:
+                updates.setdefault(tuple(changed), []).append([*changed.values(), *k])
             done.updated += 1
         elif k in whole_keys:
-            _insert(conn, shape, key, k, row)
+            values = {**row, **dict(zip(key, k, strict=True))}
+            inserts.setdefault(tuple(values), []).append(list(values.values()))
             done.inserted += 1
         else:
             raise RepairMismatch(f"{table}: row {list(k)} is missing, and only some of its columns are known")
+    for names, params in updates.items():
+        _update(conn, shape, key, names, params)
+    for names, params in inserts.items():
+        _insert(conn, shape, names, params)
     done.keys = [list(k) if len(k) > 1 else k[0] for k in targets]
     _verify(conn, table, key, targets, writes)
     return done
@@ -129,21 +138,26 @@ def _delete(conn: psycopg.Connection[Any], shape: TableShape, key: Sequence[str]
     return conn.execute(query, [[k[i] for k in keys] for i in range(len(key))]).rowcount
 
 
-def _update(conn: psycopg.Connection[Any], shape: TableShape, key: Sequence[str], k: Key, columns: Row) -> None:
+def _update(conn: psycopg.Connection[Any], shape: TableShape, key: Sequence[str], columns: Sequence[str],
+            params: Sequence[Sequence[str | None]]) -> None:
+    """UPDATE each row: a params entry is the columns' values, then the key's."""
     query = sql.SQL("UPDATE {} SET {} WHERE {}").format(
         sql.SQL(shape.relation),
         sql.SQL(", ").join(sql.SQL("{} = %s::{}").format(sql.Identifier(c), sql.SQL(shape.types[c])) for c in columns),
         _key_match(shape, key))
-    conn.execute(query, [*columns.values(), *k])
+    with conn.cursor() as cursor:
+        cursor.executemany(query, params)
 
 
-def _insert(conn: psycopg.Connection[Any], shape: TableShape, key: Sequence[str], k: Key, row: Row) -> None:
-    values = {**row, **dict(zip(key, k, strict=True))}
+def _insert(conn: psycopg.Connection[Any], shape: TableShape, columns: Sequence[str],
+            params: Sequence[Sequence[str | None]]) -> None:
+    """INSERT each row: a params entry is the columns' values."""
     query = sql.SQL("INSERT INTO {} ({}) {}VALUES ({})").format(
-        sql.SQL(shape.relation), sql.SQL(", ").join(sql.Identifier(c) for c in values),
+        sql.SQL(shape.relation), sql.SQL(", ").join(sql.Identifier(c) for c in columns),
         sql.SQL("OVERRIDING SYSTEM VALUE " if shape.identity_always else ""),
-        sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(shape.types[c])) for c in values))
-    conn.execute(query, list(values.values()))
+        sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(shape.types[c])) for c in columns))
+    with conn.cursor() as cursor:
+        cursor.executemany(query, params)
 
 
 def _verify(conn: psycopg.Connection[Any], table: str, key: Sequence[str], targets: Mapping[Key, Row | None],
@@ -174,16 +188,13 @@ def insert_rows(conn: psycopg.Connection[Any], table: str, rows: Sequence[Row]) 
     if not rows:
         return 0
     shape = table_shape(conn, table, [])
-    count = 0
+    by_columns: dict[tuple[str, ...], list[list[str | None]]] = {}
     for row in rows:
         values = {c: v for c, v in row.items() if c in shape.types and c not in shape.generated}
-        query = sql.SQL("INSERT INTO {} ({}) {}VALUES ({})").format(
-            sql.SQL(shape.relation), sql.SQL(", ").join(sql.Identifier(c) for c in values),
-            sql.SQL("OVERRIDING SYSTEM VALUE " if shape.identity_always else ""),
-            sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(shape.types[c])) for c in values))
-        conn.execute(query, list(values.values()))
-        count += 1
-    return count
+        by_columns.setdefault(tuple(values), []).append(list(values.values()))
+    for columns, params in by_columns.items():
+        _insert(conn, shape, columns, params)
+    return len(rows)
 
 
 def delete_copies(conn: psycopg.Connection[Any], table: str, row_hash: sql.Composable, hashes: Sequence[int]) -> int:

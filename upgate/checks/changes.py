@@ -397,8 +397,14 @@ def read_transactions(path: Path) -> Iterator[Transaction]:
 
 
 def _read_relations(path: Path) -> list[Relation]:
+    # `write_transactions` starts a relation's line with its key: the transactions' lines are not parsed.
     with path.open(encoding="utf-8") as lines:
-        return [Relation.from_json(d["relation"]) for d in map(_line, lines) if d is not None and "relation" in d]
+        found = (_line(line) for line in lines if line.startswith(_RELATION_LINE))
+        return [Relation.from_json(d["relation"]) for d in found if d is not None and "relation" in d]
+
+
+_RELATION_LINE = '{"relation"'
+
 
 
 def read_relations(path: Path) -> dict[int, Relation]:

@@ -167,16 +167,24 @@ class Fingerprint:
         path.write_text(json.dumps(meta, indent=2, default=str))
         return path
 
-    @classmethod
-    def load(cls, folder: Path, table: str) -> Fingerprint:
-        """Read a fingerprint written by `save` (table: its name, or the file stem `save` made of it)."""
+    @staticmethod
+    def load_meta(folder: Path, table: str) -> dict[str, Any]:
+        """The metadata `save` wrote (table, key and hashed columns, types, count), without the arrays."""
         stem = _file_stem(table)
         path = Path(folder) / f"{stem}.json"
         if not path.exists():
             raise ValueError(f"no fingerprint of table {table!r} in {folder} (expected {path.name})")
-        meta = json.loads(path.read_text())
+        meta: dict[str, Any] = json.loads(path.read_text())
         if _file_stem(str(meta.get("table"))) != stem:
             raise ValueError(f"{path} holds the fingerprint of {meta.get('table')!r}, not {table!r}")
+        return meta
+
+    @classmethod
+    def load(cls, folder: Path, table: str) -> Fingerprint:
+        """Read a fingerprint written by `save` (table: its name, or the file stem `save` made of it)."""
+        stem = _file_stem(table)
+        meta = cls.load_meta(folder, table)
+        path = Path(folder) / f"{stem}.json"
         version = int(meta.get("format", 1))
         if version == 1 and not meta.get("integer_keys"):
             raise ValueError(f"{path}: a fingerprint with text keys from an older upgate; capture the baseline again")

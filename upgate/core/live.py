@@ -365,6 +365,9 @@ class LiveCapture:
         self.started = time.monotonic()
         self.rollback: dict[str, Any] = {}
         self.closed: dict[str, Any] | None = None
+        # The stream since the baseline as far as `drain` read it (its slot part already in the files): a
+        # restore reads it once, not once to plan and again to replay.
+        self.drained: list[StreamItem] | None = None
 
     # --- start --------------------------------------------------------------------------------------
 
@@ -488,7 +491,11 @@ class LiveCapture:
     def before_restore(self) -> dict[str, Any]:
         """Whether a full restore could bring back every live write; StepFailed listing them when it cannot
         (unless the config accepts discarding them). What it found goes to the summary."""
-        plan = self._replay_plan(fetch=self.view().fetcher())
+        items: list[StreamItem] | None = None
+        if self.mode == "decode":
+            with _connect(self.url, DRAIN_APP) as conn:
+                items = self.drain(conn, whole=True)
+        plan = self._replay_plan(fetch=self.view().fetcher(), items=items)
         self.rollback["restore_plan"] = plan.describe()
         problems = plan.problems()
         if problems and not self.config.rollback.discard_live_writes:
@@ -527,20 +534,57 @@ class LiveCapture:
                      and {e.cls for e in events.by_key[k]} - {LIVE}]
             if mixed and fetch is not None:
                 baseline = fetch(table.name, list(table.key), mixed)
+                preserved = self._preserved(table)
                 for k in mixed:
-                    state = replay_states(events.history(k), baseline.get(k), self._preserved(table))
+                    state = replay_states(events.history(k), baseline.get(k), preserved)
                     if state.contested:
                         plan.contested.setdefault(table.name, []).append(list(k))
         return plan
+
+    def drain(self, conn: psycopg.Connection[Any], whole: bool) -> list[StreamItem]:
+        """What the current generation's slot holds, read through `conn` (and, `whole`, everything before it:
+        what an earlier drain read, or the files). What the slot held is appended to the generation's file
+        first, and only then is the slot moved past it: nothing read is ever only in memory."""
+        from upgate.checks.changes import advance_slot
+
+        current = self.state["generations"][-1]
+        items: list[StreamItem] = []
+        if whole and self.drained is not None:
+            items = list(self.drained)
+        elif whole:
+            tables = {t.qualified for t in self._tables()}
+            view = self.view()
+            retired = dict(current, retired=True)  # its files only: the slot is read below, through conn
+            items = list(LiveView(view.run, view.url, {**self.state, "generations": [
+                *self.state["generations"][:-1], retired]}).stream(tables))
+        if self.mode == "decode" and current.get("slot") and not current.get("retired"):
+            batch = peek_changes(conn, current["slot"], current["publications"])
+            if batch.transactions:
+                stream = self.run.path / "live" / f"stream-{len(self.state['generations']) - 1}.jsonl"
+                write_transactions(stream, batch.transactions, batch.relations)
+                name = stream.relative_to(self.run.path).as_posix()
+                if name not in current.setdefault("files", []):
+                    current["files"].append(name)
+                self.run.save_baseline("live", self.state)
+                assert batch.end_lsn is not None
+                advance_slot(conn, current["slot"], batch.end_lsn)
+            items.extend(batch.transactions)
+            if self.drained is not None:
+                self.drained.extend(batch.transactions)
+        if whole:
+            self.drained = list(items)
+        return items
 
     def _tables(self) -> list[GatedTable]:
         return [GatedTable(n, t["qualified"], tuple(t["key"])) for n, t in self.state["tables"].items()]
 
     def _preserved(self, table: GatedTable) -> list[str]:
+        """The columns the baseline fingerprint hashed: what the upgrade must leave as live traffic wrote them."""
         try:
-            return Fingerprint.load(self.run.baseline / "fingerprints", table.name).columns
+            meta = Fingerprint.load_meta(self.run.baseline / "fingerprints", table.name)
         except (ValueError, OSError):
             return []
+        return [str(c) for c in meta.get("columns", [])]
 
     def _write_discards(self, plan: ReplayPlan) -> Path:
         path = self.run.path / "live" / "would-discard.jsonl"
@@ -713,37 +757,9 @@ class LiveSwap:
                              "discard_live_writes = true")
         capture.rollback["discarded"] = lost
 
-    def _stream_file(self) -> Path:
-        return self.capture.run.path / "live" / f"stream-{len(self.capture.state['generations']) - 1}.jsonl"
-
     def _read(self, whole: bool) -> list[StreamItem]:
-        """The stream from the drain session: what the current generation's slot holds (and, `whole`, everything
-        before it: the files). What the slot held is appended to the generation's file first, and only then
-        is the slot moved past it: nothing read is ever only in memory."""
-        from upgate.checks.changes import advance_slot
-
         assert self.drain is not None
-        capture = self.capture
-        current = capture.state["generations"][-1]
-        items: list[StreamItem] = []
-        if whole:
-            tables = {t.qualified for t in capture._tables()}
-            view = capture.view()
-            retired = dict(current, retired=True)  # its files only: the slot is read below, through the drain
-            items = list(LiveView(view.run, view.url, {**capture.state, "generations": [
-                *capture.state["generations"][:-1], retired]}).stream(tables))
-        if capture.mode == "decode" and current.get("slot") and not current.get("retired"):
-            batch = peek_changes(self.drain, current["slot"], current["publications"])
-            if batch.transactions:
-                write_transactions(self._stream_file(), batch.transactions, batch.relations)
-                name = self._stream_file().relative_to(capture.run.path).as_posix()
-                if name not in current.setdefault("files", []):
-                    current["files"].append(name)
-                capture.run.save_baseline("live", capture.state)
-                assert batch.end_lsn is not None
-                advance_slot(self.drain, current["slot"], batch.end_lsn)
-            items.extend(batch.transactions)
-        return items
+        return self.capture.drain(self.drain, whole)
 
     def _who(self) -> Classifier:
         assert self.drain is not None
@@ -771,7 +787,9 @@ class LiveSwap:
             if capture.mode != "decode":
                 return
             self.done = replay_onto(fresh_url, self.plan)
-            # Catch up while live traffic still runs, so that what is left for the lockout is short.
+            # Catch up while live traffic still runs, so that what is left for the lockout is short; stop when a
+            # round no longer shrinks what came in meanwhile (traffic writes as fast as it is replayed).
+            behind: int | None = None
             for _ in range(_CATCH_UP_ROUNDS):
                 more = self._read(whole=False)
                 if not more:
@@ -781,8 +799,9 @@ class LiveSwap:
                     self.plan = capture._replay_plan(_reader(fresh, self.done.baseline), more, who, into=self.plan)
                 self._refuse(self.plan, "not restoring")
                 self.done = replay_onto(fresh_url, self.plan, only_touched=True, done=self.done)
-                if len(more) < _SHORT_TAIL:
+                if len(more) < _SHORT_TAIL or (behind is not None and len(more) >= behind):
                     break
+                behind = len(more)
         except BaseException:
             self.drain.close()
             self.drain = None
@@ -835,6 +854,7 @@ class LiveSwap:
         folder) and `upgate rollback` finished the swap: the old slot stays in the failed database, where
         nothing reads it. Everything it held that was replayed is in the generation's files."""
         state = self.capture.state
+        self.capture.drained = None  # the next read starts from the files, the restore's mark between
         current = state["generations"][-1]
         current["retired"] = True
         current["note"] = f"slot left in {names.get('failed')}: a killed restore's swap finished by a later process"
@@ -845,6 +865,7 @@ class LiveSwap:
     def after_swap(self, names: dict[str, str] | None = None) -> None:
         """The restored database has the live name: its slot is the capture's current generation."""
         state = self.capture.state
+        self.capture.drained = None  # the next read starts from the files, the restore's mark between
         if names:
             state.setdefault("forensics", []).append(names.get("failed"))
         if self.new_generation is not None:
@@ -854,7 +875,7 @@ class LiveSwap:
         self.capture.run.save_baseline("live", state)
 
 
-_CATCH_UP_ROUNDS = 3
+_CATCH_UP_ROUNDS = 10
 _SHORT_TAIL = 200  # transactions: what the lockout may be left to replay
 
 

@@ -60,3 +60,31 @@ def test_a_failing_phase_reports_its_status(tmp_path):
         lines: list[str] = []
         status = worker.run(gates, _args(tmp_path, gates / "post"), lines.append)
     assert status == 1 and "named failure" in "".join(lines), "".join(lines)
+
+
+MODEL_GATE = """
+import sys
+
+
+def test_the_model_stack_came_imported():
+    assert "torch" in sys.modules and "transformers.models.gpt2.modeling_gpt2" in sys.modules, "imported by the phase"
+"""
+
+
+def test_a_configured_local_model_is_imported_once_for_every_phase(tmp_path):
+    """torch, transformers and the checkpoint's architecture module are imported by the worker (seconds, once
+    per run), so that each phase's fork loads only the weights."""
+    from upgate.fixtures.tiny_model import cached_model
+
+    gates = tmp_path / "gates"
+    (gates / "post").mkdir(parents=True)
+    (gates / "post" / "test_model.py").write_text(MODEL_GATE)
+    with GateWorker.start(gates, [(cached_model("v1"), "causal-lm")]) as worker:
+        assert worker is not None
+        for _ in range(2):
+            lines: list[str] = []
+            assert worker.run(gates, _args(tmp_path, gates / "post"), lines.append) == 0, "".join(lines)
+    with GateWorker.start(gates) as worker:  # no model configured: nothing of it is imported
+        assert worker is not None
+        lines = []
+        assert worker.run(gates, _args(tmp_path, gates / "post"), lines.append) == 1, "".join(lines)

@@ -356,6 +356,15 @@ def run_model(folder: Path, prompts: list[str], task: str = "causal-lm", max_new
     return out
 
 
+def preload(folder: Path, task: str) -> None:
+    """Import what loading this checkpoint needs (torch, transformers, its architecture's module), loading no
+    weights: the gate worker does it once per run, so that each phase's fork starts with it imported."""
+    from transformers import AutoConfig, AutoTokenizer  # noqa: F401
+
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    _auto_class(task)._model_mapping[type(config)]  # the architecture's module, imported on first lookup
+
+
 def _auto_class(task: str) -> Any:
     import transformers
 

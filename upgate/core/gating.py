@@ -33,7 +33,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -237,15 +237,16 @@ class GateWorker:
         self.phases = 0
 
     @classmethod
-    def start(cls, gates: Path | None = None) -> GateWorker | None:
-        """Start warming (it does not wait); None where fork is not available."""
+    def start(cls, gates: Path | None = None, models: Sequence[tuple[Path, str]] = ()) -> GateWorker | None:
+        """Start warming (it does not wait); None where fork is not available. `models`: (checkpoint folder,
+        task) of the local models the gates load; what loading them imports is imported once, here."""
         if not hasattr(os, "fork") or not hasattr(socket, "send_fds"):
             return None
         ours, theirs = socket.socketpair()
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "upgate.core.gating", str(theirs.fileno()), str(os.getpid()),
-                 str(gates or SHIPPED_GATES)],
+                 str(gates or SHIPPED_GATES), json.dumps([[str(path), task] for path, task in models])],
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, start_new_session=True)
         except OSError:
             ours.close()
@@ -318,8 +319,10 @@ class GateWorker:
                 self.proc.wait()
 
 
-def _warm(gates: Path) -> None:
-    """Import what every phase needs: pytest, its plugins, the gate plugin, the gate modules."""
+def _warm(gates: Path, models: Sequence[tuple[Path, str]] = ()) -> None:
+    """Import what every phase needs: pytest, its plugins, the gate plugin, the gate modules, and what loading
+    the configured local models needs (torch and transformers take seconds to import: once per run, not
+    once per phase). Nothing is run: no thread pool exists yet to be lost in the forks."""
     import warnings
 
     with warnings.catch_warnings():
@@ -337,6 +340,12 @@ def _warm(gates: Path) -> None:
         for path in sorted(gates.glob("*/test_*.py")) + sorted(gates.glob("conftest.py")):
             with contextlib.suppress(Exception):
                 import_path(path, mode=ImportMode.importlib, root=gates, consider_namespace_packages=False)
+
+        for folder, task in models:  # a checkpoint that does not load is the gates' to report
+            with contextlib.suppress(Exception):
+                from upgate.checks.inference import preload
+
+                preload(folder, task)
 
 
 def _serve(sock: socket.socket) -> None:
@@ -406,16 +415,17 @@ def _child(request: dict[str, Any], output: int, sock: socket.socket, worker: in
 
 def _main(argv: list[str]) -> None:
     fd, parent, gates = int(argv[0]), int(argv[1]), Path(argv[2])
+    models = [(Path(path), str(task)) for path, task in json.loads(argv[3])] if len(argv) > 3 else []
     die_with_parent(signal.SIGTERM, parent)
     sock = socket.socket(fileno=fd)
     with contextlib.suppress(Exception):
-        _warm(gates)
+        _warm(gates, models)
     _serve(sock)
 
 
 @contextlib.contextmanager
-def gate_worker(gates: Path | None = None) -> Iterator[GateWorker | None]:
-    worker = GateWorker.start(gates)
+def gate_worker(gates: Path | None = None, models: Sequence[tuple[Path, str]] = ()) -> Iterator[GateWorker | None]:
+    worker = GateWorker.start(gates, models)
     try:
         yield worker
     finally:

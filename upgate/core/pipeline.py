@@ -302,7 +302,7 @@ class Pipeline:
         with self.guard:
             verdict, reason = Verdict.NEEDS_ATTENTION, "run did not finish"
             try:
-                self.gate_worker = GateWorker.start(gates_folder(cfg))
+                self.gate_worker = GateWorker.start(gates_folder(cfg), [(m.path, m.task) for m in cfg.models if m.path])
                 self.console.header(cfg, self.run)
                 self.journal.write("run", "start", command=self.command, config=str(cfg.source),
                                    target=cfg.target.name, host=socket.gethostname(), pid=os.getpid(),

@@ -10,12 +10,14 @@ first run installs them from the package index (skipped when it cannot be reache
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
 import sys
 import tomllib
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -46,18 +48,25 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def base_venv(wheel: Path) -> Path:
-    """A venv holding the base dependencies (cached) and this checkout's wheel (installed each time)."""
+def base_venv(wheel: Path) -> Iterator[Path]:
+    """A venv holding the base dependencies (cached) and this checkout's wheel (installed each time).
+
+    xdist workers share the cached venv: the wheel is reinstalled under an exclusive lock, and the tests
+    hold a shared one, so that no worker's reinstall pulls modules from under another worker's commands.
+    """
     env = AppEnv("upgate-base", _base_requirements(), imports=("psycopg", "pydantic", "testinfra", "numpy"))
     try:
         venv = ensure_venv("upgate-base", root=cache_root().parent / "installs", env=env)
     except VenvUnavailable as exc:
         pytest.skip(f"base dependencies cannot be installed: {exc}")
     python = venv / "bin" / "python"
-    proc = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(wheel)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return venv
+    with (venv / ".tests.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall",
+                               str(wheel)], capture_output=True, text=True, timeout=300)
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        yield venv
 
 
 def _run(venv: Path, *argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:

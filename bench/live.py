@@ -8,12 +8,17 @@ at -R 100 -c 2, then checks pgbench's invariants in plain SQL (every transaction
 pgbench_history row; the balances of accounts, tellers and branches each sum to sum(delta)). A run that
 does not end UPGRADED is a false alarm. The overhead is pgbench's unthrottled throughput (-c 2, -T
 overhead-s, three alternated rounds) with and without the capture's statement triggers, publication and slot on the same database.
+With --restores N (default 3) the `live-pgbench-restore` plan runs N times under the same load: its
+irreversible migration damages 300 rows, so the run ends in a full restore that replays every live write
+committed since the baseline. Printed: the restore step's seconds, the replay's, how long the database was
+locked out for the tail, and whether pgbench lost anything.
 Figures are printed, never asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
@@ -21,17 +26,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 from upgate.config import load_config
 from upgate.core.live import LiveCapture
 from upgate.core.runs import RunDir
-from upgate.embedded.postgres import embedded_postgres, find_pg_tool
+from upgate.embedded.postgres import PostgresServer, embedded_postgres, find_pg_tool
 from upgate.fixtures.demo import start_target, stop_target
 from upgate.fixtures.live_load import PGBENCH_CLIENTS, PGBENCH_RATE
 from upgate.fixtures.pgbench import PgbenchLoad, check_invariants
 
 SCENARIO = "live-pgbench-good"
+RESTORE_SCENARIO = "live-pgbench-restore"
 _TPS = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
 
 
@@ -52,11 +59,44 @@ def _quiet(_label: str, _message: str) -> None:
     pass
 
 
+def _restores(server: PostgresServer, tmp: Path, runs: int, rows: int) -> None:
+    """The full restore under pgbench: its step's seconds (journal), the replay's and the lockout's (summary)."""
+    step, replay, locked, lost, wrong = [], [], [], 0, 0
+    for number in range(1, runs + 1):
+        folder = tmp / f"restore-{number}"
+        folder.mkdir()
+        target = start_target(RESTORE_SCENARIO, server, folder, rows)
+        try:
+            with PgbenchLoad(target.database_url, PGBENCH_RATE, PGBENCH_CLIENTS, log_dir=folder / "pgbench") as load:
+                proc = _upgate_run(target.config, folder / "reports")
+            invariants = check_invariants(target.database_url, load.committed)
+            lost += invariants.lost
+            wrong += proc.returncode != 20
+            run = next((folder / "reports" / "runs").iterdir())
+            events = [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines() if line.strip()]
+            at = {e["event"]: datetime.fromisoformat(e["ts"]) for e in events if e.get("step") == "rollback:restore backup"}
+            if "start" in at and "end" in at:
+                step.append((at["end"] - at["start"]).total_seconds())
+            done = json.loads((run / "summary.json").read_text())["live"]["rollback"].get("replay") or {}
+            replay.append(float(done.get("seconds", 0.0)))
+            locked.append(float(done.get("locked_out_s", 0.0)))
+            print(f"restore {number}: exit {proc.returncode}; {done.get('changes')} live changes replayed "
+                  f"({done.get('tail_transactions')} transactions in the tail); {invariants.describe()}", flush=True)
+        finally:
+            stop_target(target, server)
+    if step:
+        print(f"restore under load seconds: min {min(step):.1f}, median {statistics.median(step):.1f}")
+    print(f"replay seconds: min {min(replay):.2f}, median {statistics.median(replay):.2f}; lockout seconds: "
+          f"min {min(locked):.2f}, median {statistics.median(locked):.2f}")
+    print(f"restores not ending ROLLED_BACK: {wrong}/{runs}; live writes lost in restores: {lost}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--rows", type=int, default=3000, help="episodic_logs rows seeded per target")
     parser.add_argument("--overhead-s", type=int, default=5, help="seconds of unthrottled pgbench per side")
+    parser.add_argument("--restores", type=int, default=3, help="runs of the full restore under load")
     args = parser.parse_args()
     false_alarms, lost, broken, seconds, rates = 0, 0, 0, [], []
     with embedded_postgres() as server, tempfile.TemporaryDirectory(prefix="upgate-bench-live-") as tmp:
@@ -80,11 +120,14 @@ def main() -> None:
                 print(f"run {number:2}: exit {proc.returncode}, {verdict[:60]}; {invariants.describe()}", flush=True)
             finally:
                 stop_target(target, server)
-        print(f"upgrade under load seconds: min {min(seconds):.1f}, median {statistics.median(seconds):.1f}; "
-              f"writes/s in the window: median {statistics.median(rates):.0f}")
-        print(f"live writes lost: {lost}")
-        print(f"pgbench invariants broken: {broken}/{args.runs}")
-        print(f"false alarms under load: {false_alarms}/{args.runs}")
+        if seconds:
+            print(f"upgrade under load seconds: min {min(seconds):.1f}, median {statistics.median(seconds):.1f}; "
+                  f"writes/s in the window: median {statistics.median(rates):.0f}")
+            print(f"live writes lost: {lost}")
+            print(f"pgbench invariants broken: {broken}/{args.runs}")
+            print(f"false alarms under load: {false_alarms}/{args.runs}")
+        if args.restores > 0:
+            _restores(server, Path(tmp), args.restores, args.rows)
         if args.overhead_s > 0:
             folder = Path(tmp) / "overhead"
             folder.mkdir()

@@ -258,3 +258,42 @@ def test_restore_that_cannot_keep_live_writes_stops_first_and_lists_them(bank, t
         assert capture.before_restore()["problems"]
     finally:
         capture.close()
+
+
+def test_a_drain_killed_before_moving_the_slot_keeps_each_transaction_once(bank, tmp_path):
+    """A process killed after writing what the slot held to the run folder but before moving the slot past it
+    leaves both holding those transactions: the next drain and every reader of the stream take each once."""
+    from upgate.checks.changes import peek_changes, write_transactions
+    from upgate.core.live import DRAIN_APP
+
+    run = RunDir.create(tmp_path / "reports")
+    config = _config(tmp_path, bank)
+    capture = LiveCapture.start(config, run, _say)
+    assert capture is not None
+    try:
+        _write(bank, "pgbench", "INSERT INTO history VALUES (1, 5)")
+        _write(bank, "pgbench", "INSERT INTO history VALUES (2, 6)")
+        generation = capture.state["generations"][-1]
+        with psycopg.connect(bank, autocommit=True) as conn:  # the killed process: written, slot not moved
+            batch = peek_changes(conn, generation["slot"], generation["publications"])
+        assert len(batch.transactions) == 2
+        stream = run.path / "live" / "stream-0.jsonl"
+        write_transactions(stream, batch.transactions, batch.relations)
+        generation.setdefault("files", []).append("live/stream-0.jsonl")
+        run.save_baseline("live", capture.state)
+        _write(bank, "pgbench", "INSERT INTO history VALUES (3, 7)")
+
+        view = LiveView.open(run, bank)
+        assert view is not None
+        seen = [t.xid for t in view.stream() if not isinstance(t, str)]
+        assert len(seen) == len(set(seen)) == 3 and seen[:2] == [t.xid for t in batch.transactions]
+        with psycopg.connect(bank, autocommit=True, application_name=DRAIN_APP) as conn:
+            items = capture.drain(conn, whole=True)
+        assert [t.xid for t in items if not isinstance(t, str)] == seen
+        lines = stream.read_text(encoding="utf-8").splitlines()
+        assert sum('"xid"' in line for line in lines) == 3  # the file took only the one it did not hold
+        assert view.events("history").inserted[LIVE] == [{"aid": "1", "delta": "5"}, {"aid": "2", "delta": "6"},
+                                                          {"aid": "3", "delta": "7"}]
+    finally:
+        capture.close()
+

@@ -213,8 +213,10 @@ class LiveView:
         for index, generation in enumerate(self.state["generations"]):
             if index:
                 yield RESTORE
+            last = 0  # a process killed between writing a file and moving the slot left both holding a part
             for name in generation.get("files", []):
                 for transaction in read_transactions(self.run.path / name):
+                    last = max(last, transaction.end_lsn)
                     if tables is None:
                         yield transaction
                     else:
@@ -223,7 +225,7 @@ class LiveView:
                             yield Transaction(transaction.xid, transaction.commit_lsn, transaction.end_lsn,
                                               transaction.committed_at, kept)
             if generation.get("slot") and not generation.get("retired"):
-                yield from self._peek(generation, tables)
+                yield from (t for t in self._peek(generation, tables) if t.end_lsn > last)
 
     def _peek(self, generation: dict[str, Any], tables: set[str] | None) -> list[Transaction]:
         for attempt in range(50):
@@ -559,21 +561,38 @@ class LiveCapture:
                 *self.state["generations"][:-1], retired]}).stream(tables))
         if self.mode == "decode" and current.get("slot") and not current.get("retired"):
             batch = peek_changes(conn, current["slot"], current["publications"])
-            if batch.transactions:
+            # What the files already hold (a process killed between writing them and moving the slot) is
+            # left out: the slot still sends it.
+            last = self._last_kept(items if whole else self.drained)
+            fresh = [t for t in batch.transactions if t.end_lsn > last]
+            if fresh:
                 stream = self.run.path / "live" / f"stream-{len(self.state['generations']) - 1}.jsonl"
-                write_transactions(stream, batch.transactions, batch.relations)
+                write_transactions(stream, fresh, batch.relations)
                 name = stream.relative_to(self.run.path).as_posix()
                 if name not in current.setdefault("files", []):
                     current["files"].append(name)
                 self.run.save_baseline("live", self.state)
-                assert batch.end_lsn is not None
+            if batch.end_lsn is not None:
                 advance_slot(conn, current["slot"], batch.end_lsn)
-            items.extend(batch.transactions)
+            items.extend(fresh)
             if self.drained is not None:
-                self.drained.extend(batch.transactions)
+                self.drained.extend(fresh)
         if whole:
             self.drained = list(items)
         return items
+
+    def _last_kept(self, read: list[StreamItem] | None) -> int:
+        """The end LSN of the last transaction the current generation's files hold: from what was read of
+        them (`read`, the stream since the baseline), else from the files."""
+        if read is None:
+            current = self.state["generations"][-1]
+            read = [t for name in current.get("files", []) for t in read_transactions(self.run.path / name)]
+        last = 0
+        for item in reversed(read):
+            if isinstance(item, str):  # RESTORE: what came before is an earlier generation's
+                break
+            last = max(last, item.end_lsn)
+        return last
 
     def _tables(self) -> list[GatedTable]:
         return [GatedTable(n, t["qualified"], tuple(t["key"])) for n, t in self.state["tables"].items()]

@@ -367,6 +367,9 @@ def current_lsn(conn: psycopg.Connection[Any]) -> int:
 
 # ------------------------------------------------------------------------------------------- on disk
 
+_RELATION = "relation"  # a relation's line holds only this key; a transaction's starts with "xid"
+_RELATION_LINE = '{"' + _RELATION + '"'
+
 
 def write_transactions(path: Path, transactions: Iterable[Transaction], relations: dict[int, Relation]) -> int:
     """Append transactions to a JSON-lines file (relations first, when new), fsynced. Returns how many."""
@@ -376,7 +379,7 @@ def write_transactions(path: Path, transactions: Iterable[Transaction], relation
     with path.open("a", encoding="utf-8") as out:
         for oid, relation in relations.items():
             if known.get(oid) != relation:
-                out.write(json.dumps({"relation": relation.to_json()}) + "\n")
+                out.write(json.dumps({_RELATION: relation.to_json()}) + "\n")
         for transaction in transactions:
             out.write(json.dumps(transaction.to_json(), separators=(",", ":")) + "\n")
             count += 1
@@ -397,14 +400,10 @@ def read_transactions(path: Path) -> Iterator[Transaction]:
 
 
 def _read_relations(path: Path) -> list[Relation]:
-    # `write_transactions` starts a relation's line with its key: the transactions' lines are not parsed.
+    # A relation's line starts with its key (`write_transactions`): the transactions' lines are not parsed.
     with path.open(encoding="utf-8") as lines:
         found = (_line(line) for line in lines if line.startswith(_RELATION_LINE))
-        return [Relation.from_json(d["relation"]) for d in found if d is not None and "relation" in d]
-
-
-_RELATION_LINE = '{"relation"'
-
+        return [Relation.from_json(d[_RELATION]) for d in found if d is not None and _RELATION in d]
 
 
 def read_relations(path: Path) -> dict[int, Relation]:

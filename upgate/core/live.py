@@ -575,7 +575,7 @@ class LiveCapture:
             if batch.end_lsn is not None:
                 advance_slot(conn, current["slot"], batch.end_lsn)
             items.extend(fresh)
-            if self.drained is not None:
+            if not whole and self.drained is not None:
                 self.drained.extend(fresh)
         if whole:
             self.drained = list(items)

@@ -279,8 +279,8 @@ def test_slow_build_is_several_times_slower(seeded_url: str, start: StartService
         return samples
 
     normal, slow = samples_ms(start(seeded_url, "v2")), samples_ms(start(seeded_url, "v2-slow"))
-    # The 10 ms floor is certain; the ratio is loose because a busy CI box adds noise to both.
-    assert min(slow) >= 10.0, f"fastest v2-slow read {min(slow):.1f} ms"
+    # The 60 ms floor is certain; the ratio is loose because a busy CI box adds noise to both.
+    assert min(slow) >= 60.0, f"fastest v2-slow read {min(slow):.1f} ms"
     assert statistics.median(slow) > 1.5 * statistics.median(normal), (
         f"v2 {statistics.median(normal):.1f} ms, v2-slow {statistics.median(slow):.1f} ms"
     )

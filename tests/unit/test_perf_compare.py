@@ -162,6 +162,22 @@ def test_paired_drift_cancels_and_a_slowdown_shows():
     assert verdict(unpaired) == "too noisy", unpaired.summary
 
 
+def test_a_slowdown_estimated_above_the_limit_never_passes():
+    # A loaded CI run, paired, limit x2 (rule-out x3): reads measured x2.2 with the interval x1.9-2.6. The low
+    # end misses the limit and the high end rules out x3; that passed the v2-slow build. The estimate is above
+    # the limit: likely a regression, not a pass.
+    policy = LatencyPolicy(max_regression=1.0, min_delta_ms=5.0)
+    base, cand = make_run(scale=10, n=140, sigma=0.6), make_run(scale=20, seed=5, n=120, sigma=0.6)
+    result = compare_latency(base, cand, policy, paired=True)
+    row = result.evidence["endpoints"]["GET /logs"]
+    assert row["shift"]["ratio"] > 2.0 and row["shift"]["ratio_low"] < 2.0 < row["shift"]["ratio_high"] < 3.0, row
+    assert row["over_limit"] and row["verdict"] == "too noisy", row
+    assert not result.ok and "likely a regression, estimated x2.2" in result.summary, result.summary
+    # The same interval with the estimate under the limit still passes.
+    fine = compare_latency(base, make_run(scale=17, seed=5, n=120, sigma=0.6), policy, paired=True)
+    assert verdict(fine) == "pass", fine.summary
+
+
 def test_paired_burst_in_one_window_is_not_a_regression():
     # The candidate alone hit a 6x stall for one tenth of the run: the samples' shift may look significant,
     # but the windows' average ratio is far under 1.25x.

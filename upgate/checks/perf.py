@@ -422,8 +422,8 @@ MIN_PER_WINDOW = 5
 class LatencyPolicy:
     """Three answers per endpoint. Regressed: Mann-Whitney significant (alpha), the Hodges-Lehmann shift's low
     end above both `1 + max_regression` and `min_delta_ms`, and the slowdown beyond the run-to-run spread (see
-    compare_latency). Cleared: the interval's high end rules out `1 + rule_out` (or a slowdown that size would stay
-    under `min_delta_ms`). Neither: too noisy to judge."""
+    compare_latency). Cleared: the interval's high end rules out `1 + rule_out` and the estimate itself is within
+    `1 + max_regression` (or a slowdown that size would stay under `min_delta_ms`). Neither: too noisy to judge."""
 
     alpha: float = 0.01
     max_regression: float = 0.25      # typical latency more than 1.25x ...
@@ -545,7 +545,18 @@ def compare_latency(baseline: LoadRun, candidate: LoadRun, policy: LatencyPolicy
         within_spread = windows is None or paired or (
             windows["candidate_typical_ms"] <= windows["baseline_slowest_ms"]
             and (resolves is None or resolves <= policy.rule_out_ratio))
-        cleared = ((high < policy.rule_out_ratio and within_spread)
+        # A pass never has its best estimate beyond the limit: between the limit and the rule-out ratio, an
+        # interval whose low end misses the limit would otherwise pass a slowdown measured above it. The
+        # estimate is the one the regression rule uses: paired, the samples' shift and the windows' average;
+        # sequential, the windows' ratio against the limit or the baseline's own spread, whichever is larger.
+        if windows is None:
+            estimate, limit = shift["ratio"], policy.regression_ratio
+        elif paired:
+            estimate, limit = max(shift["ratio"], windows["ratio"]), policy.regression_ratio
+        else:
+            estimate, limit = windows["ratio"], max(policy.regression_ratio, windows["baseline_spread"])
+        over_limit = estimate > limit and shift["ms"] > policy.min_delta_ms
+        cleared = ((high < policy.rule_out_ratio and within_spread and not over_limit)
                    or float(pa[0]) * (high - 1) < policy.min_delta_ms)
         verdict: Verdict = "regressed" if regressed else "pass" if cleared else "too noisy"
         rows[name] = {
@@ -555,7 +566,7 @@ def compare_latency(baseline: LoadRun, candidate: LoadRun, policy: LatencyPolicy
             "mann_whitney_u": float(u.statistic), "p_value": float(u.pvalue),
             "shift": shift, "p95_change": tail, "windows": windows, "ruled_out_up_to": _r(high),
             "baseline_resolves": _r(resolves),
-            "verdict": verdict, "regressed": regressed,
+            "verdict": verdict, "regressed": regressed, "over_limit": bool(over_limit),
             "why": ("typical latency" if shift_effect else "") + (" and " if shift_effect and tail_effect else "")
                    + ("p95" if tail_effect else ""),
         }
@@ -567,10 +578,16 @@ def compare_latency(baseline: LoadRun, candidate: LoadRun, policy: LatencyPolicy
         elif verdict == "too noisy":
             if resolves is not None and resolves > policy.rule_out_ratio:
                 spread += f" (the baseline resolves x{resolves:.2f} at best)"
-            unsure.append(f"{name}: p50 {_ms(pa[0])} -> {_ms(pb[0])} (x{ratios[0]:.2f}){spread}, shift at least "
-                          f"{shift['ms_low']:+.1f} ms: a slowdown up to x{high:.2f} would not be seen (x"
-                          f"{policy.rule_out_ratio:.2f} must be ruled out; a regression is above "
-                          f"x{policy.regression_ratio:.2f} and +{policy.min_delta_ms:g} ms)")
+            if over_limit:
+                unsure.append(f"{name}: p50 {_ms(pa[0])} -> {_ms(pb[0])} (x{ratios[0]:.2f}){spread}: likely a "
+                              f"regression, estimated x{estimate:.2f} above the x{limit:.2f} "
+                              f"limit, but only x{shift['ratio_low']:.2f} at the interval's low end (Mann-Whitney "
+                              f"p={u.pvalue:.1e})")
+            else:
+                unsure.append(f"{name}: p50 {_ms(pa[0])} -> {_ms(pb[0])} (x{ratios[0]:.2f}){spread}, shift at least "
+                              f"{shift['ms_low']:+.1f} ms: a slowdown up to x{high:.2f} would not be seen (x"
+                              f"{policy.rule_out_ratio:.2f} must be ruled out; a regression is above "
+                              f"x{policy.regression_ratio:.2f} and +{policy.min_delta_ms:g} ms)")
     machine = {"baseline": baseline.load_avg, "candidate": candidate.load_avg}
     verdict_all: Verdict = "regressed" if slower else "too noisy" if unsure else "pass"
     evidence = {"verdict": verdict_all, "paired": paired, "endpoints": rows, "policy": asdict(policy),

@@ -18,9 +18,9 @@ help:
 	@if test -x $(BIN)/upgate; then $(BIN)/upgate demo --list | paste -sd ' ' | fold -s -w 92 | sed 's/^/                /'; \
 	else echo "                (run \`make venv\` first to list them)"; fi
 	@echo "make demo-all  every demo scenario (\`upgate demo --list\`), one after the other"
-	@echo "make test      lint, type check, and upgate's own tests (unit, integration on real PostgreSQL, e2e: one pass and"
-	@echo "              one fail per capability), two workers per core; mypy runs beside the tests"
-	@echo "make test-slow the long tier: every journal point, minutes-long load windows, the full scenario matrices"
+	@echo "make test      lint, type check, and upgate's own tests (unit, integration on real PostgreSQL, the e2e runs"
+	@echo "              marked quick: one per verdict and promise), two workers per core; mypy runs beside the tests"
+	@echo "make test-slow the long tier: every other e2e and real-app run, every journal point, minutes-long load windows"
 	@echo "make test-all  both (what CI runs)"
 	@echo "make bench     benchmarks (bench/): integrity fingerprints against the floor and bytes per row; downtime error; perf A/A and detection; restore of ~1 GB against bare pg_restore;"
 	@echo "              backup step against a bare dump + full read, restore s/GB; time to verdict of the good plan"
@@ -53,8 +53,8 @@ test: lint report-tools
 	wait $$types; typed=$$?; echo "mypy upgate:"; cat $(VENV)/mypy.log; \
 	test $$tests = 0 && test $$typed = 0
 
-# The long tier: the exhaustive sweeps (SIGTERM and kill -9 at every journal point), minutes-long load windows
-# (perf), and the scenario matrices beyond one pass and one fail per capability.
+# The long tier: every e2e and real-app run not marked `quick` (tests/conftest.py), the exhaustive sweeps
+# (SIGTERM and kill -9 at every journal point), minutes-long load windows (perf).
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest tests -q -n $(JOBS) --dist worksteal -m slow
 

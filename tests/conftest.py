@@ -1,4 +1,4 @@
-"""Process fixtures (one PostgreSQL per session) and client fixtures (a fresh database per test)."""
+"""Process fixtures (one PostgreSQL per session) and client fixtures (a fresh database per test); the tiers."""
 
 from __future__ import annotations
 
@@ -7,6 +7,16 @@ from collections.abc import Iterator
 import pytest
 
 from upgate.embedded.postgres import PostgresServer, postgres_server
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tiers: a test that runs upgate end to end (`e2e`) or a third-party app (`realapps`) is in the long
+    tier (`slow`, make test-slow) unless it is marked `quick`: make test keeps one run per verdict and promise."""
+    for item in items:
+        if (item.get_closest_marker("e2e") or item.get_closest_marker("realapps")) \
+                and not item.get_closest_marker("quick"):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -160,6 +160,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.quick
 def test_full_disk_during_post_gates_still_rolls_back(pg_server, tmp_path, small_disk):
     target = start_target("good", pg_server, tmp_path, rows=ROWS)
     try:
@@ -227,6 +228,7 @@ def test_run_killed_before_touching_anything_blocks_nothing(pg_server, tmp_path)
         stop_target(target, pg_server)
 
 
+@pytest.mark.quick
 def test_gate_processes_die_with_a_killed_run(pg_server, tmp_path):
     target = start_target("good", pg_server, tmp_path, rows=ROWS)
     try:

@@ -75,6 +75,7 @@ def _run(venv: Path, *argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
 
 
+@pytest.mark.quick
 def test_wheel_holds_one_top_level_package(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         tops = {name.split("/", 1)[0] for name in zf.namelist()}

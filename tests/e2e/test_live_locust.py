@@ -23,6 +23,7 @@ def _writes(stats: dict) -> int:
                                                                                                  "DELETE"))
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("target", ["live-locust-good"], indirect=True)
 def test_good_plan_under_locust_writes_is_upgraded(target, tmp_path):
     with locust_load(target.base_url, tmp_path, _say) as stats:

@@ -38,6 +38,7 @@ def serving_build(base_url: str) -> str:
         return str(json.loads(resp.read())["build"])
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("target", ["good"], indirect=True)
 def test_good_upgrade_is_upgraded(target, tmp_path):
     before = rows_digest(target.database_url)
@@ -49,8 +50,13 @@ def test_good_upgrade_is_upgraded(target, tmp_path):
     assert serving_build(target.base_url) == "v2"
     assert summary["verdict"] == "UPGRADED" and summary["downtime"]["downtime_s"] < 300
     assert summary["backup"]["verified"] == "full"
+    # What was skipped and why is printed, unless its part is not configured (the summary's gated line says so).
+    skips = [line for line in proc.stdout.splitlines() if line.strip().startswith("skip ")]
+    assert any("test_pip_check_clean: unchanged since the pre-gates passed" in line for line in skips), proc.stdout
+    assert not any("not configured" in line for line in skips), skips
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("target", ["destructive"], indirect=True)
 def test_destructive_backfill_is_caught_and_restored(target, tmp_path):
     before = rows_digest(target.database_url)
@@ -71,6 +77,7 @@ def test_destructive_backfill_is_caught_and_restored(target, tmp_path):
     assert summary["rollback"]["verified"] is True
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("target", ["broken-deploy"], indirect=True)
 def test_broken_deploy_rolls_back_to_v1(target, tmp_path):
     before = rows_digest(target.database_url)
@@ -83,6 +90,7 @@ def test_broken_deploy_rolls_back_to_v1(target, tmp_path):
     assert [s["name"] for s in summary["steps"] if s["status"] == "failed"] == ["deploy"]
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("target", ["blocked"], indirect=True)
 def test_blocked_plan_touches_nothing(target, tmp_path):
     before = rows_digest(target.database_url)
@@ -113,6 +121,7 @@ def test_gates_run_by_hand_against_the_target(target, tmp_path):
     assert (run_dir / "baseline" / "fingerprints" / "episodic_logs.json").exists()
 
 
+@pytest.mark.quick
 def test_malformed_config_exits_2_and_names_the_key(tmp_path):
     config = tmp_path / "upgate.toml"
     config.write_text('[target]\nname = "svc"\n\n[database]\nurl = "postgresql://x/y"\nport = 5432\n')
@@ -122,6 +131,7 @@ def test_malformed_config_exits_2_and_names_the_key(tmp_path):
     assert not (tmp_path / "reports").exists()
 
 
+@pytest.mark.quick
 def test_unreachable_database_is_blocked_and_named(tmp_path):
     config = tmp_path / "upgate.toml"
     config.write_text('[target]\nname = "svc"\n\n[database]\nurl = "postgresql://u:secret@127.0.0.1:1/db"\n'

@@ -26,7 +26,7 @@ from upgate.embedded.postgres import PostgresServer, find_pg_tool
 from upgate.fixtures.demo import DemoTarget, start_target, stop_target
 from upgate.fixtures.reference import PLANS
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.quick]  # the planted-secret run, in make test
 
 SECRET = "Pl4nted:S3cr3t@x/y"
 NEEDLES = (SECRET, quote(SECRET, safe=""), "S3cr3t")  # raw, URL-encoded, and its core

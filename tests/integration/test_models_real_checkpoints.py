@@ -68,7 +68,14 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("variant", list(EXPECTED))
+def tiered(quick: set[str]) -> list:
+    """Every variant; those not in `quick` in the long tier (make test-slow). Between the two architectures
+    make test still checks each variant once."""
+    return [v if v in quick else pytest.param(v, marks=pytest.mark.slow) for v in EXPECTED]
+
+
+@pytest.mark.parametrize("variant", tiered({"resaved", "noise", "scrambled-layers", "missing-tensors", "nan-weights",
+                                            "foreign-tokenizer"}))
 def test_embedding_candidate_checked_before_the_switch(minilm, variant):
     candidate = cached_variant(minilm, variant, task="embedding")
     results = pre_gate_checks(minilm, candidate, "embedding")
@@ -79,7 +86,8 @@ def test_embedding_candidate_checked_before_the_switch(minilm, variant):
         assert words.format(arch="BertModel", layers=12, half=6) in summary, summary
 
 
-@pytest.mark.parametrize("variant", list(EXPECTED))
+@pytest.mark.parametrize("variant", tiered({"resaved", "tokenizer-reserialized", "wrong-shape", "wrong-layers",
+                                            "permuted-vocab"}))
 def test_causal_lm_candidate_checked_before_the_switch(smollm2, variant):
     candidate = cached_variant(smollm2, variant, task="causal-lm")
     results = pre_gate_checks(smollm2, candidate, "causal-lm")
@@ -107,8 +115,11 @@ def smol_baseline(smollm2, prompts):
     return run_model(smollm2, prompts, max_new_tokens=8)
 
 
-@pytest.mark.parametrize(("variant", "same"), [("resaved", True), ("tokenizer-reserialized", True),
-                                               ("scrambled-layers", False)])
+@pytest.mark.parametrize(("variant", "same"), [
+    ("resaved", True),
+    # the long tier (make test-slow): make test keeps one same and one different model
+    pytest.param("tokenizer-reserialized", True, marks=pytest.mark.slow),
+    ("scrambled-layers", False)])
 def test_causal_lm_outputs_against_the_baseline(smollm2, smol_baseline, prompts, variant, same):
     current = run_model(cached_variant(smollm2, variant, task="causal-lm"), prompts, max_new_tokens=8,
                         score_ids=smol_baseline.scored_ids)
@@ -130,8 +141,11 @@ def test_loader_report_fails_the_smoke_gate_naming_the_weights(smollm2, prompts)
     assert "model.layers.0.input_layernorm.weight" in result.summary
 
 
-@pytest.mark.parametrize(("variant", "cosine_at_least"), [("resaved", 0.999999), ("noise", 0.999),
-                                                          ("scrambled-layers", None)])
+@pytest.mark.parametrize(("variant", "cosine_at_least"), [
+    ("resaved", 0.999999),
+    # the long tier (make test-slow): make test keeps one same and one different model
+    pytest.param("noise", 0.999, marks=pytest.mark.slow),
+    ("scrambled-layers", None)])
 def test_embedding_outputs_against_the_baseline(minilm, prompts, variant, cosine_at_least):
     baseline = run_model(minilm, prompts, task="embedding")
     current = run_model(cached_variant(minilm, variant, task="embedding"), prompts, task="embedding")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,11 @@ from upgate.steps.packages import PackagesStep
 @pytest.fixture(scope="module")
 def venv_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_venv(tmp_path_factory.mktemp("packaged") / "venv")
+
+
+# The config step never runs the app's interpreter: its tests name this one and build no venv (a module
+# fixture is built again on every xdist worker that runs one of the module's tests).
+THIS_PYTHON = Path(sys.executable)
 
 
 def context(config_path: Path) -> StepContext:
@@ -76,8 +82,8 @@ def test_a_package_that_cannot_be_saved_blocks_before_anything_changes(venv_pyth
     assert installed(venv_python) == before
 
 
-def test_config_step_writes_the_migration_and_undoes_to_the_exact_bytes(venv_python, tmp_path):
-    app = make_app(tmp_path / "app", venv_python, BAD)
+def test_config_step_writes_the_migration_and_undoes_to_the_exact_bytes(tmp_path):
+    app = make_app(tmp_path / "app", THIS_PYTHON, BAD)
     ctx = context(app.config)
     before = {p: p.read_bytes() for p in app.files}
     step = next(s for s in build_steps(ctx.config) if isinstance(s, ConfigStep))
@@ -97,8 +103,8 @@ def test_config_step_writes_the_migration_and_undoes_to_the_exact_bytes(venv_pyt
                                      "undone"]
 
 
-def test_config_change_that_would_not_validate_blocks_in_prepare(venv_python, tmp_path):
-    app = make_app(tmp_path / "app", venv_python, BAD)
+def test_config_change_that_would_not_validate_blocks_in_prepare(tmp_path):
+    app = make_app(tmp_path / "app", THIS_PYTHON, BAD)
     (app.folder / "migrate-rules.toml").write_text('[validate]\nrequired = ["database.url"]\n')
     ctx = context(app.config)
     before = (app.folder / "service.json").read_bytes()
@@ -108,8 +114,8 @@ def test_config_change_that_would_not_validate_blocks_in_prepare(venv_python, tm
     assert (app.folder / "service.json").read_bytes() == before
 
 
-def test_a_file_edited_after_its_backup_is_not_overwritten(venv_python, tmp_path):
-    app = make_app(tmp_path / "app", venv_python, BAD)
+def test_a_file_edited_after_its_backup_is_not_overwritten(tmp_path):
+    app = make_app(tmp_path / "app", THIS_PYTHON, BAD)
     ctx = context(app.config)
     step = ConfigStep(ctx.config)
     step.prepare(ctx)

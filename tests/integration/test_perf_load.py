@@ -169,6 +169,7 @@ def latency_evidence(run_dir: Path) -> dict:
     return json.loads(next((run_dir / "evidence").glob("*latency*.json")).read_text())
 
 
+@pytest.mark.slow  # the long tier (make test-slow): a minute of A/A load; bench/perf.py counts A/A false alarms
 def test_aa_run_through_the_gates_is_never_a_regression(service, tmp_path):
     config = write_config(tmp_path, service)
     run_dir = tmp_path / "run"

@@ -128,6 +128,7 @@ def test_gunicorn_deploy_good_leaves_no_old_worker(realapp: RealAppTarget, tmp_p
     assert len(port_owners(realapp.port, realapp.pidfile).tree) == 3
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("realapp", ["gunicorn-deploy-leftover-worker"], indirect=True)
 def test_gunicorn_leftover_worker_is_caught_before_anything_is_touched(realapp: RealAppTarget, tmp_path) -> None:
     """A v1 worker left a daemon serving v1 on the port outside the arbiter's process tree. Stopping the tree

@@ -32,6 +32,7 @@ def test_venv_is_published_once_and_reused(tmp_path: Path) -> None:
     assert Path(out).resolve() == built_in
 
 
+@pytest.mark.slow  # the long tier (make test-slow): two venv builds at once; make test keeps one published
 def test_concurrent_builds_publish_one_venv(tmp_path: Path) -> None:
     results: list[Path] = []
     threads = [threading.Thread(target=lambda: results.append(ensure_venv("bare", root=tmp_path, env=BARE)))
@@ -45,6 +46,7 @@ def test_concurrent_builds_publish_one_venv(tmp_path: Path) -> None:
     assert builds == [results[0].resolve()], f"one build folder expected, found {builds}"
 
 
+@pytest.mark.slow  # the long tier (make test-slow): pip's failure on a missing project
 def test_failed_install_publishes_nothing(tmp_path: Path) -> None:
     broken = AppEnv("broken", (str(tmp_path / "no-such-project"),))
     with pytest.raises((VenvBuildFailed, VenvUnavailable)):

@@ -165,6 +165,9 @@ class Pipeline:
             self._diagnose(phase)
             return result
         result = self.phases[phase]
+        for gate in result.gates:  # "X not configured" skips are listed in the summary's gated line instead
+            if gate["outcome"] == "skipped" and "not configured" not in (gate.get("message") or ""):
+                self.console.skipped(gate["nodeid"], gate.get("message") or "")
         self.console.step(label, f"passed: {result.describe()} ({result.seconds:.1f} s)")
         if phase == "pre":
             show_estimate(self.run, self.console)

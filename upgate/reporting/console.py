@@ -45,6 +45,13 @@ class Console:
         short = nodeid.split("gates/", 1)[-1]
         self._print(f"          {_MARKS.get(outcome, outcome):<5} {short}")
 
+    def skipped(self, nodeid: str, message: str) -> None:
+        """A gate skipped for a reason other than its part not being configured (too noisy to judge, nothing to
+        check): printed, since the run's verdict stands without what it would have proved."""
+        short = nodeid.split("gates/", 1)[-1]
+        first = message.strip().splitlines()[0] if message.strip() else "(no reason given)"
+        self._print(f"          skip  {short}: {first}")
+
     def failure(self, nodeid: str, message: str) -> None:
         short = nodeid.split("gates/", 1)[-1]
         first = message.strip().splitlines()[0] if message.strip() else "(no message)"

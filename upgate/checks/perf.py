@@ -556,6 +556,7 @@ def compare_latency(baseline: LoadRun, candidate: LoadRun, policy: LatencyPolicy
         else:
             estimate, limit = windows["ratio"], max(policy.regression_ratio, windows["baseline_spread"])
         over_limit = estimate > limit and shift["ms"] > policy.min_delta_ms
+        low = windows["ratio_low"] if windows is not None and not paired else shift["ratio_low"]
         cleared = ((high < policy.rule_out_ratio and within_spread and not over_limit)
                    or float(pa[0]) * (high - 1) < policy.min_delta_ms)
         verdict: Verdict = "regressed" if regressed else "pass" if cleared else "too noisy"
@@ -581,7 +582,7 @@ def compare_latency(baseline: LoadRun, candidate: LoadRun, policy: LatencyPolicy
             if over_limit:
                 unsure.append(f"{name}: p50 {_ms(pa[0])} -> {_ms(pb[0])} (x{ratios[0]:.2f}){spread}: likely a "
                               f"regression, estimated x{estimate:.2f} above the x{limit:.2f} "
-                              f"limit, but only x{shift['ratio_low']:.2f} at the interval's low end (Mann-Whitney "
+                              f"limit, but only x{low:.2f} at the interval's low end (Mann-Whitney "
                               f"p={u.pvalue:.1e})")
             else:
                 unsure.append(f"{name}: p50 {_ms(pa[0])} -> {_ms(pb[0])} (x{ratios[0]:.2f}){spread}, shift at least "

@@ -524,14 +524,19 @@ def compare_latency(baseline: LoadRun, candidate: LoadRun, policy: LatencyPolicy
             notes.append(f"{name}: too few windows with samples: judged on the samples alone")
         # The effect must hold at the low end of its confidence interval, not only at the point estimate,
         # and beyond the run-to-run spread: the window-level interval's low end (sequential), or the
-        # windows' average ratio (paired).
+        # windows' average ratio (paired). Per mode: the limit a slowdown is held to, the interval (low, high)
+        # and the estimate that decide, and whether the slowdown is beyond the spread.
         if windows is None:
-            beyond_spread, high = True, shift["ratio_high"]
+            limit, low, high = policy.regression_ratio, shift["ratio_low"], shift["ratio_high"]
+            estimate, beyond_spread = shift["ratio"], True
         elif paired:
-            beyond_spread, high = windows["ratio"] > policy.regression_ratio, shift["ratio_high"]
+            limit, low, high = policy.regression_ratio, shift["ratio_low"], shift["ratio_high"]
+            estimate = max(shift["ratio"], windows["ratio"])
+            beyond_spread = windows["ratio"] > limit
         else:  # ... and above the spread of the baseline's own windows (slowest / fastest)
-            beyond_spread = windows["ratio_low"] > max(policy.regression_ratio, windows["baseline_spread"])
-            high = windows["ratio_high"]
+            limit = max(policy.regression_ratio, windows["baseline_spread"])
+            low, high, estimate = windows["ratio_low"], windows["ratio_high"], windows["ratio"]
+            beyond_spread = low > limit
         shift_effect = (shift["ms_low"] > policy.min_delta_ms and shift["ratio_low"] > policy.regression_ratio
                         and beyond_spread)
         tail_effect = (policy.max_p95_regression is not None and tail["ms_low"] > policy.min_delta_ms
@@ -546,17 +551,8 @@ def compare_latency(baseline: LoadRun, candidate: LoadRun, policy: LatencyPolicy
             windows["candidate_typical_ms"] <= windows["baseline_slowest_ms"]
             and (resolves is None or resolves <= policy.rule_out_ratio))
         # A pass never has its best estimate beyond the limit: between the limit and the rule-out ratio, an
-        # interval whose low end misses the limit would otherwise pass a slowdown measured above it. The
-        # estimate is the one the regression rule uses: paired, the samples' shift and the windows' average;
-        # sequential, the windows' ratio against the limit or the baseline's own spread, whichever is larger.
-        if windows is None:
-            estimate, limit = shift["ratio"], policy.regression_ratio
-        elif paired:
-            estimate, limit = max(shift["ratio"], windows["ratio"]), policy.regression_ratio
-        else:
-            estimate, limit = windows["ratio"], max(policy.regression_ratio, windows["baseline_spread"])
+        # interval whose low end misses the limit would otherwise pass a slowdown measured above it.
         over_limit = estimate > limit and shift["ms"] > policy.min_delta_ms
-        low = windows["ratio_low"] if windows is not None and not paired else shift["ratio_low"]
         cleared = ((high < policy.rule_out_ratio and within_spread and not over_limit)
                    or float(pa[0]) * (high - 1) < policy.min_delta_ms)
         verdict: Verdict = "regressed" if regressed else "pass" if cleared else "too noisy"
@@ -579,15 +575,13 @@ def compare_latency(baseline: LoadRun, candidate: LoadRun, policy: LatencyPolicy
         elif verdict == "too noisy":
             if resolves is not None and resolves > policy.rule_out_ratio:
                 spread += f" (the baseline resolves x{resolves:.2f} at best)"
+            head = f"{name}: p50 {_ms(pa[0])} -> {_ms(pb[0])} (x{ratios[0]:.2f}){spread}"
             if over_limit:
-                unsure.append(f"{name}: p50 {_ms(pa[0])} -> {_ms(pb[0])} (x{ratios[0]:.2f}){spread}: likely a "
-                              f"regression, estimated x{estimate:.2f} above the x{limit:.2f} "
-                              f"limit, but only x{low:.2f} at the interval's low end (Mann-Whitney "
-                              f"p={u.pvalue:.1e})")
+                unsure.append(f"{head}: likely a regression, estimated x{estimate:.2f} above the x{limit:.2f} limit, "
+                              f"but only x{low:.2f} at the interval's low end (Mann-Whitney p={u.pvalue:.1e})")
             else:
-                unsure.append(f"{name}: p50 {_ms(pa[0])} -> {_ms(pb[0])} (x{ratios[0]:.2f}){spread}, shift at least "
-                              f"{shift['ms_low']:+.1f} ms: a slowdown up to x{high:.2f} would not be seen (x"
-                              f"{policy.rule_out_ratio:.2f} must be ruled out; a regression is above "
+                unsure.append(f"{head}, shift at least {shift['ms_low']:+.1f} ms: a slowdown up to x{high:.2f} would "
+                              f"not be seen (x{policy.rule_out_ratio:.2f} must be ruled out; a regression is above "
                               f"x{policy.regression_ratio:.2f} and +{policy.min_delta_ms:g} ms)")
     machine = {"baseline": baseline.load_avg, "candidate": candidate.load_avg}
     verdict_all: Verdict = "regressed" if slower else "too noisy" if unsure else "pass"

@@ -44,9 +44,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy upgate
 
-# The type check runs beside the tests (it needs one core for ~20 s from a cold cache); its report follows theirs,
-# and either failing fails the target.
-test: lint report-tools
+# allure's npm install runs beside the venv's build (which lint needs). The type check runs beside the tests (one
+# core for ~20 s from a cold cache); its report follows theirs, and either failing fails the target.
+test:
+	@$(MAKE) --no-print-directory -j2 lint report-tools
 	@$(BIN)/mypy upgate > $(VENV)/mypy.log 2>&1 & types=$$!; \
 	$(BIN)/python -m pytest tests -q -n $(JOBS) --dist worksteal -m "not slow"; tests=$$?; \
 	wait $$types; typed=$$?; echo "mypy upgate:"; cat $(VENV)/mypy.log; \

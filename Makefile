@@ -10,6 +10,11 @@ ROWS   ?= 100000
 # at -n 6 on a slower host each test ran up to 7x its time alone and timing-bound ones (a restore replaying a
 # 100k-row backfill under pgbench) ran past their limits.
 JOBS   ?= $(shell echo $$(( 2 * $$(nproc 2>/dev/null || echo 1) )))
+# Python writes its bytecode caches (in .venv, and __pycache__/ in the tree; git ignores both) under make even where
+# the environment says not to. The venv's build then compiles nothing up front (40 s of uv's 46 s on 2 cores went on
+# compiling every module of every package), and what a process imports is compiled once, by the first process that
+# imports it, instead of by every process (torch and transformers: 3.4 s each time without a cache).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: help venv demo demo-all test test-slow test-all lint typecheck unit integration e2e bench clean report-tools
 
@@ -25,7 +30,7 @@ help:
 	@echo "make bench     benchmarks (bench/): integrity fingerprints against the floor and bytes per row; downtime error; perf A/A and detection; restore of ~1 GB against bare pg_restore;"
 	@echo "              backup step against a bare dump + full read, restore s/GB; time to verdict of the good plan"
 
-# uv when it can be had (about 45 s instead of pip's 1 min 50 s on 2 cores), pip otherwise: .ci/venv.py.
+# uv when it can be had (seconds instead of pip's 1 min 50 s on 2 cores), pip otherwise: .ci/venv.py.
 $(STAMP): pyproject.toml .ci/venv.py
 	$(PYTHON) .ci/venv.py $(VENV) '.[all,dev]'
 	touch $(STAMP)

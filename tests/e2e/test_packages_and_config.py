@@ -44,7 +44,7 @@ def base_set(venv_python: Path) -> list[str]:
     return found
 
 
-@pytest.mark.slow  # the long tier (make test-slow): make test keeps the breaking candidate, rolled back, and the step's upgrade and offline undo (tests/integration/test_packages_and_config_steps.py)
+@pytest.mark.slow  # the long tier (make test-slow): make test keeps the step's upgrade and offline undo (tests/integration/test_packages_and_config_steps.py)
 def test_good_upgrade(venv_python, base_set, tmp_path):
     app = make_app(tmp_path / "app", venv_python, GOOD)
     proc = upgate("run", "--config", str(app.config), "--reports", str(tmp_path / "reports"), cwd=tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import psutil
+import pytest
 
 from upgate.core.gating import GateWorker
 
@@ -71,6 +72,7 @@ def test_the_model_stack_came_imported():
 """
 
 
+@pytest.mark.slow  # the long tier (make test-slow): a speed property (torch imported once a run), seconds of imports
 def test_a_configured_local_model_is_imported_once_for_every_phase(tmp_path):
     """torch, transformers and the checkpoint's architecture module are imported by the worker (seconds, once
     per run), so that each phase's fork loads only the weights."""

@@ -107,6 +107,7 @@ def test_embedding_task_compares_by_cosine(prompts):
     assert "cosine" in check_divergence(a, b, DriftThresholds(min_cosine=0.9999)).summary
 
 
+@pytest.mark.slow  # the long tier (make test-slow): the demo service's /generate; make test keeps its 404 and down
 def test_reference_service_generate_matches_local_greedy(pg_url, tmp_path, baseline, prompts):
     from upgate.fixtures.seed import create_schema
 

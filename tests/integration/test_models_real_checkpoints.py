@@ -115,10 +115,13 @@ def smol_baseline(smollm2, prompts):
     return run_model(smollm2, prompts, max_new_tokens=8)
 
 
+# The long tier (make test-slow): generating with the real SmolLM2 costs ~25 s of CPU. make test keeps one same and
+# one different real model for the embedding task below, and the causal-lm comparison on the tiny model
+# (tests/integration/test_models.py::test_drift_against_the_baseline).
+@pytest.mark.slow
 @pytest.mark.parametrize(("variant", "same"), [
     ("resaved", True),
-    # the long tier (make test-slow): make test keeps one same and one different model
-    pytest.param("tokenizer-reserialized", True, marks=pytest.mark.slow),
+    ("tokenizer-reserialized", True),
     ("scrambled-layers", False)])
 def test_causal_lm_outputs_against_the_baseline(smollm2, smol_baseline, prompts, variant, same):
     current = run_model(cached_variant(smollm2, variant, task="causal-lm"), prompts, max_new_tokens=8,

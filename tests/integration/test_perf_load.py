@@ -89,6 +89,7 @@ def test_local_run_measures_latency_throughput_and_resources(service, tmp_path):
     assert (tmp_path / "perf" / "baseline_failures.csv").exists()
 
 
+@pytest.mark.slow  # the long tier (make test-slow): distributed Locust; make test keeps the local run and a missing worker
 def test_master_with_two_local_workers(service, tmp_path):
     run = run_load(short(service.base_url, local_workers=2), tmp_path / "perf", "dist", pids=[service.pid])
     raw = json.loads((tmp_path / "perf" / "dist-run.json").read_text())
@@ -228,6 +229,7 @@ def test_paired_gate_from_baseline_url_passes_the_same_build(start, tmp_path):
     assert latency_evidence(run_dir)["evidence"]["paired"] is True
 
 
+@pytest.mark.slow  # the long tier (make test-slow): make test keeps a target that refuses connections
 def test_paired_gate_fails_when_the_live_version_is_down(service, tmp_path):
     config = write_config(tmp_path, service)
     run_dir = tmp_path / "run"

@@ -20,6 +20,7 @@ from upgate.fixtures.realapps.venvs import (
 BARE = AppEnv("bare", ())  # no packages: exercises venv + publish without the network
 
 
+@pytest.mark.slow  # the long tier (make test-slow): builds a venv; make test keeps the cache key and the unknown app
 def test_venv_is_published_once_and_reused(tmp_path: Path) -> None:
     first = ensure_venv("bare", root=tmp_path, env=BARE)
     assert first.is_symlink() and (first / "bin" / "python").exists()

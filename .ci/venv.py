@@ -32,8 +32,13 @@ PRECEDENCE = {"global": 0, "install": 1, ":env:": 2}
 
 def pip_sources(python: str) -> list[str]:
     listed = subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True)
+    return uv_options(listed.stdout)
+
+
+def uv_options(pip_config_list: str) -> list[str]:
+    """uv's options for the package sources in `pip config list`'s output (`section.key='value'` lines)."""
     chosen: dict[str, tuple[int, str]] = {}
-    for line in listed.stdout.splitlines():
+    for line in pip_config_list.splitlines():
         name, _, value = line.partition("=")
         section, _, key = name.rpartition(".")
         rank = PRECEDENCE.get(section)

@@ -11,6 +11,7 @@ from upgate.checks.integrity import (
     Damage,
     Fingerprint,
     _Collector,
+    _Matcher,
     compare_fingerprints,
     diff_fingerprints,
     split_excluded,
@@ -163,6 +164,60 @@ def test_chunks_come_out_in_key_order_with_their_hashes(layout: str, monkeypatch
     out_keys, out_hashes = collector.assemble()
     assert bool(np.all(np.diff(out_keys) > 0)) and out_keys.size == keys.size
     assert dict(zip(out_keys.tolist(), out_hashes.tolist(), strict=True)) == expected
+
+
+@pytest.mark.parametrize("keys_are", ["serial", "serial with gaps", "sparse"])
+@pytest.mark.parametrize("order", ["in order", "nearly sorted", "random"])
+def test_blocks_matched_against_the_baseline_find_what_the_full_diff_finds(keys_are: str, order: str) -> None:
+    rng = np.random.default_rng(len(keys_are) * 10 + len(order))
+    if keys_are == "serial":
+        base_keys = np.arange(5_000, 25_000, dtype=np.int64)
+    elif keys_are == "serial with gaps":
+        base_keys = np.setdiff1d(np.arange(20_000, dtype=np.int64), rng.choice(20_000, 900, replace=False))
+    else:
+        base_keys = np.unique(rng.integers(-(2**62), 2**62, 20_000))
+    base_hashes = rng.integers(0, 2**63, base_keys.size).astype(np.uint64)
+    baseline = Fingerprint("episodic_logs", ["id"], COLUMNS, base_keys.size, base_keys, base_hashes)
+    kept = rng.random(base_keys.size) > 0.01  # lost
+    keys, hashes = base_keys[kept], base_hashes[kept].copy()
+    hashes[rng.random(keys.size) < 0.01] ^= np.uint64(1)  # changed
+    new_keys = np.setdiff1d(rng.integers(0, 40_000, 300), base_keys)  # added, inside and past the baseline
+    keys, hashes = np.concatenate([keys, new_keys]), np.concatenate([hashes, np.ones(new_keys.size, np.uint64)])
+    if order == "random":
+        placed = rng.permutation(keys.size)
+    elif order == "nearly sorted":
+        placed = np.argsort(np.arange(keys.size) + np.where(rng.random(keys.size) < 0.03, 250, 0), kind="stable")
+    else:
+        placed = np.argsort(keys, kind="stable")
+    keys, hashes = keys[placed], hashes[placed]
+    matcher = _Matcher(baseline)
+    for lo in range(0, keys.size, 1_000):
+        block = slice(lo, lo + 1_000)
+        matcher(0, keys[block].size, keys[block].astype(">i8"), hashes[block].astype(">u8"), None)
+    got = matcher.damage()
+    expected = diff_fingerprints(baseline, Fingerprint("episodic_logs", ["id"], COLUMNS, keys.size, keys, hashes))
+    assert got.lost.size and got.changed.size and got.added.size
+    for kind in ("lost", "changed", "added"):
+        assert np.array_equal(getattr(got, kind), getattr(expected, kind)), kind
+
+
+@pytest.mark.parametrize("twice", ["a kept key, in one block", "a kept key, in two blocks", "a new key, in two blocks"])
+def test_a_key_read_twice_while_matching_is_refused(twice: str) -> None:
+    base_keys = np.arange(1, 1_001, dtype=np.int64)
+    baseline = Fingerprint("episodic_logs", ["id"], COLUMNS, base_keys.size, base_keys, base_keys.astype(np.uint64))
+    again = 5_000 if twice.startswith("a new") else 17
+    blocks = [np.arange(1, 501), np.arange(501, 1_001)]
+    if twice.endswith("one block"):
+        blocks[0] = np.append(blocks[0], again)
+    elif twice.startswith("a kept"):
+        blocks[1] = np.append(blocks[1], again)  # 17 came in the first block
+    else:
+        blocks = [np.append(blocks[0], again), np.append(blocks[1], again)]
+    matcher = _Matcher(baseline)
+    with pytest.raises(ValueError, match="not unique now"):
+        for block in blocks:
+            matcher(0, block.size, block.astype(">i8"), block.astype(">u8"), None)
+        matcher.damage()
 
 
 def test_save_load_round_trip_without_database(tmp_path: Path) -> None:

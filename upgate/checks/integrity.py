@@ -441,7 +441,7 @@ class _Collector:
             keys = _mapped(count, np.int64, maps)
             keys[:] = chunk_keys
             if not _is_sorted(keys):
-                order = np.argsort(keys)
+                order = np.argsort(keys, kind="stable")
                 keys[:] = keys[order]
                 chunk_hashes = chunk_hashes[order]
         hashes[:] = chunk_hashes
@@ -510,19 +510,63 @@ def _merge_runs(runs: Sequence[_Run], keys: np.ndarray, hashes: np.ndarray) -> N
                 run.taken = end
         if not piece_keys:
             continue
-        step_keys, step_hashes = np.concatenate(piece_keys), np.concatenate(piece_hashes)
+        at = _place(piece_keys, piece_hashes, keys, hashes, at)
         del piece_keys, piece_hashes
-        order = np.argsort(step_keys, kind="stable")
-        n = int(step_keys.size)
-        np.take(step_keys, order, out=keys[at : at + n])
-        np.take(step_hashes, order, out=hashes[at : at + n])
-        at += n
-        del step_keys, step_hashes, order
         for run in runs:
             run.release(run.taken)
     for run in runs:
         run.release()
     assert at == keys.size
+
+
+def _place(piece_keys: list[np.ndarray], piece_hashes: list[np.ndarray], keys: np.ndarray, hashes: np.ndarray,
+           at: int) -> int:
+    """Write one merge step's pieces (each sorted) into keys and hashes from `at`, in key order; returns the end.
+
+    Runs of a heap in near key order overlap only where rows were stored out of order: whatever of the
+    lowest piece comes before every other piece, and whatever of the highest comes after every other, is
+    copied as it is; only the overlap in between is sorted.
+    """
+    pieces = [(k, h) for k, h in zip(piece_keys, piece_hashes, strict=True) if k.size]
+    tail: list[tuple[np.ndarray, np.ndarray]] = []
+    while len(pieces) > 1:
+        low = min(range(len(pieces)), key=lambda i: int(pieces[i][0][0]))
+        others_first = min(int(k[0]) for i, (k, _) in enumerate(pieces) if i != low)
+        cut = int(np.searchsorted(pieces[low][0], others_first, "left"))
+        high = max(range(len(pieces)), key=lambda i: int(pieces[i][0][-1]))
+        others_last = max(int(k[-1]) for i, (k, _) in enumerate(pieces) if i != high)
+        keep = int(np.searchsorted(pieces[high][0], others_last, "right"))
+        if cut == 0 and keep == pieces[high][0].size:
+            break
+        if cut:
+            k, h = pieces[low]
+            at = _copy_into(k[:cut], h[:cut], keys, hashes, at)
+            pieces[low] = (k[cut:], h[cut:])
+        elif keep < pieces[high][0].size:
+            k, h = pieces[high]
+            tail.insert(0, (k[keep:], h[keep:]))
+            pieces[high] = (k[:keep], h[:keep])
+        pieces = [p for p in pieces if p[0].size]
+    if len(pieces) == 1:
+        at = _copy_into(*pieces[0], keys, hashes, at)
+    elif pieces:
+        step_keys = np.concatenate([k for k, _ in pieces])
+        step_hashes = np.concatenate([h for _, h in pieces])
+        by_key = np.argsort(step_keys, kind="stable")  # timsort: a merge of the sorted pieces
+        n = int(step_keys.size)
+        np.take(step_keys, by_key, out=keys[at : at + n], mode="clip")  # mode "raise" would buffer out
+        np.take(step_hashes, by_key, out=hashes[at : at + n], mode="clip")
+        at += n
+    for k, h in tail:
+        at = _copy_into(k, h, keys, hashes, at)
+    return at
+
+
+def _copy_into(piece_keys: np.ndarray, piece_hashes: np.ndarray, keys: np.ndarray, hashes: np.ndarray, at: int) -> int:
+    n = int(piece_keys.size)
+    keys[at : at + n] = piece_keys
+    hashes[at : at + n] = piece_hashes
+    return at + n
 
 
 def _mapped(count: int, dtype: type[np.generic], maps: list[mmap.mmap]) -> np.ndarray:
@@ -785,33 +829,47 @@ class _Matcher:
         assert chunk_keys is not None
         keys = chunk_keys.astype(np.int64)
         hashes = chunk_hashes.astype(np.uint64)
-        if not _is_sorted(keys):
-            order = np.argsort(keys)
-            keys, hashes = keys[order], hashes[order]
-        if _count_duplicates(keys):
-            raise ValueError(f"table {self.baseline.table!r}: key {self.baseline.key_columns} is not unique now")
-        if self.keys.size and keys.size:
-            # Search only the baseline's slice this block's keys span: for a heap in near key order that is
-            # about the block's own size, and stays in cache.
-            lo = int(np.searchsorted(self.keys, keys[0]))
-            hi = min(int(np.searchsorted(self.keys, keys[-1], "right")), self.keys.size)
-            if hi > lo:
-                pos = np.searchsorted(self.keys[lo:hi], keys)
-                pos += lo
-            else:
-                pos = np.full(keys.size, lo, dtype=np.intp)
-            np.minimum(pos, self.keys.size - 1, out=pos)
-            found = self.keys[pos] == keys
+        base = self.keys
+        in_order = _is_sorted(keys)
+        lo = hi = 0
+        if keys.size and base.size:
+            # The baseline's slice this block's keys span: for a heap in near key order that is about the
+            # block's own size, and stays in cache.
+            first, last = (keys[0], keys[-1]) if in_order else (keys.min(), keys.max())
+            lo = int(np.searchsorted(base, first))
+            hi = min(int(np.searchsorted(base, last, "right")), base.size)
+        if in_order and hi - lo == keys.size and np.array_equal(base[lo:hi], keys):
+            # The block is a run of the baseline (a heap in key order, no row added): no search.
+            matched: np.ndarray | slice = slice(lo, hi)
+            changed = keys[self.hashes[lo:hi] != hashes]
+            added = keys[:0]
         else:
-            pos = np.zeros(keys.size, dtype=np.intp)
-            found = np.zeros(keys.size, dtype=bool)
-        matched = pos[found]
-        changed = keys[found][self.hashes[matched] != hashes[found]]
-        added = keys[~found]
-        with self.lock:
-            if bool(self.seen[matched].any()):
+            if hi > lo and int(base[hi - 1]) - int(base[lo]) == hi - lo - 1:
+                # The slice is every integer from base[lo] up (a serial key without gaps there): a key's
+                # position is its offset; keys outside the slice land on its ends and do not match.
+                pos = keys - base[lo]
+                pos += lo
+                np.clip(pos, lo, hi - 1, out=pos)
+            else:
+                pos = np.searchsorted(base[lo:hi], keys) if hi > lo else np.zeros(keys.size, dtype=np.intp)
+                pos += lo
+                np.minimum(pos, max(base.size - 1, 0), out=pos)
+            found = base[pos] == keys if base.size else np.zeros(keys.size, dtype=bool)
+            if found.all():
+                matched, changed, added = pos, keys[self.hashes[pos] != hashes], keys[:0]
+            else:
+                matched = pos[found]
+                changed = keys[found][self.hashes[matched] != hashes[found]]
+                added = np.sort(keys[~found])
+            if _count_duplicates(added):
                 raise ValueError(f"table {self.baseline.table!r}: key {self.baseline.key_columns} is not unique now")
+        with self.lock:
+            # A key seen before, in this block or an earlier one, is a duplicate: every matched position
+            # lies in [lo, hi), so the newly marked ones must number exactly the matched keys.
+            before = int(np.count_nonzero(self.seen[lo:hi]))
             self.seen[matched] = True
+            if int(np.count_nonzero(self.seen[lo:hi])) - before != keys.size - added.size:
+                raise ValueError(f"table {self.baseline.table!r}: key {self.baseline.key_columns} is not unique now")
             self.count += count
             if changed.size:
                 self.changed.append(changed)
@@ -820,8 +878,11 @@ class _Matcher:
 
     def damage(self) -> Damage:
         lost = [self.keys[lo : lo + _BLOCK][~self.seen[lo : lo + _BLOCK]] for lo in range(0, self.keys.size, _BLOCK)]
+        added = np.sort(_concat(self.added))
+        if _count_duplicates(added):  # one new key in two blocks
+            raise ValueError(f"table {self.baseline.table!r}: key {self.baseline.key_columns} is not unique now")
         return Damage(self.baseline.table, self.baseline.key_kind, _concat(lost), np.sort(_concat(self.changed)),
-                      np.sort(_concat(self.added)), self.baseline.count, self.count)
+                      added, self.baseline.count, self.count)
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
@@ -1150,7 +1211,9 @@ _Handler = Callable[[int, int, "np.ndarray | None", np.ndarray, "str | None"], N
 
 def _scan(url: str, plan: _Plan, workers: int, handle: _Handler, with_names: bool) -> None:
     """Run every chunk query, lanes of consecutive chunks on `workers` connections sharing one snapshot."""
-    queries = [_chunk_query(plan, relation, pages, with_names) for relation, pages in plan.chunks]
+    # Rendered once: composing a query costs more client time than sending it.
+    queries = [_chunk_query(plan, relation, pages, with_names).as_bytes(plan.leader)
+               for relation, pages in plan.chunks]
     n_lanes = min(max(1, workers), len(queries)) if plan.snapshot else 1
     lanes = [range(len(queries) * i // n_lanes, len(queries) * (i + 1) // n_lanes) for i in range(n_lanes)]
 

@@ -488,7 +488,7 @@ def _merge_runs(runs: Sequence[_Run], keys: np.ndarray, hashes: np.ndarray) -> N
     """Merge sorted runs into keys and hashes, _MERGE_ROWS at a time, giving back each run's pages as it goes.
 
     Every _FENCE-th key of every run, sorted, gives the thresholds: a step places all rows up to the next
-    threshold from every run (a searchsorted per run), sorted among themselves.
+    threshold from every run (a searchsorted per run) in key order (`_place`).
     """
     fences = np.sort(np.concatenate([r.keys[_FENCE - 1 :: _FENCE] for r in runs if r.keys is not None]))
     step = max(1, _MERGE_ROWS // _FENCE)

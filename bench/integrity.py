@@ -6,7 +6,8 @@ they catch 1,000 faults.
 Floor, capture and verify run interleaved (floor, capture, verify, floor, capture, verify, ...) so that
 load from anything else on the machine hits all three alike; the ratios are medians of the per-round
 ratios against the 2-connection floor (the same hashed scan split over two connections, as capture and
-verify use two). Memory is measured in a child process per case: its peak resident memory less what it
+verify use two). The client CPU (this process's, per capture and per verify) is printed beside them.
+Memory is measured in a child process per case: its peak resident memory less what it
 held after the imports, per row. Without --url a private PostgreSQL (pgserver wheel) is started; with
 --url a scratch database is created on that server and dropped afterwards.
 """
@@ -201,14 +202,15 @@ def main() -> None:
         for _ in range(args.repeat):
             floor1 = floor_scan(url, 1)
             floor2 = floor_scan(url, 2)
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             baseline = fingerprint_table(url, TABLE, workers=args.workers)
-            capture = time.perf_counter() - started
-            started = time.perf_counter()
+            capture, capture_cpu = time.perf_counter() - started, time.process_time() - cpu
+            started, cpu = time.perf_counter(), time.process_time()
             verdict = fingerprint_and_compare(url, baseline, workers=args.workers)
-            verify = time.perf_counter() - started
+            verify, verify_cpu = time.perf_counter() - started, time.process_time() - cpu
             assert verdict.ok, verdict.summary
-            rounds.append({"floor1": floor1, "floor2": floor2, "capture": capture, "verify": verify})
+            rounds.append({"floor1": floor1, "floor2": floor2, "capture": capture, "verify": verify,
+                           "capture_cpu": capture_cpu, "verify_cpu": verify_cpu})
         assert baseline.count == args.rows
 
         def med(key: str) -> float:
@@ -221,6 +223,10 @@ def main() -> None:
         print(f"floor, 2 connections: median {med('floor2'):.3f} s  {args.rows / med('floor2') / 1e6:.2f} M rows/s")
         print(f"capture: median {med('capture'):.3f} s  {args.rows / med('capture') / 1e6:.2f} M rows/s")
         print(f"verify:  median {med('verify'):.3f} s  {args.rows / med('verify') / 1e6:.2f} M rows/s")
+        # upgate's own process: on a machine whose floor does not scale with connections it adds to the wall
+        # time almost in full, and it is far steadier than the wall time.
+        print(f"client CPU: capture {med('capture_cpu'):.3f} s, verify {med('verify_cpu'):.3f} s "
+              f"({med('capture_cpu') / args.rows * 1e9:.0f} / {med('verify_cpu') / args.rows * 1e9:.0f} ns per row)")
         for key in ("capture", "verify"):
             values = ratios(key)
             print(f"{key} ratio per round: " + " ".join(f"{v:.2f}" for v in values)

@@ -860,9 +860,7 @@ class _Matcher:
             else:
                 matched = pos[found]
                 changed = keys[found][self.hashes[matched] != hashes[found]]
-                added = np.sort(keys[~found])
-            if _count_duplicates(added):
-                raise ValueError(f"table {self.baseline.table!r}: key {self.baseline.key_columns} is not unique now")
+                added = keys[~found]  # a new key read twice is refused with all of them (`damage`)
         with self.lock:
             # A key seen before, in this block or an earlier one, is a duplicate: every matched position
             # lies in [lo, hi), so the newly marked ones must number exactly the matched keys.
@@ -879,7 +877,7 @@ class _Matcher:
     def damage(self) -> Damage:
         lost = [self.keys[lo : lo + _BLOCK][~self.seen[lo : lo + _BLOCK]] for lo in range(0, self.keys.size, _BLOCK)]
         added = np.sort(_concat(self.added))
-        if _count_duplicates(added):  # one new key in two blocks
+        if _count_duplicates(added):  # a new key read twice, in one block or in two
             raise ValueError(f"table {self.baseline.table!r}: key {self.baseline.key_columns} is not unique now")
         return Damage(self.baseline.table, self.baseline.key_kind, _concat(lost), np.sort(_concat(self.changed)),
                       added, self.baseline.count, self.count)

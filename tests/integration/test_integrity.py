@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from pathlib import Path
 
@@ -19,8 +20,10 @@ from upgate.checks.integrity import (
     key_hashes,
     list_tables,
     name_keys,
+    pin_settings,
     primary_key,
     table_columns,
+    text_row_hashes,
 )
 
 ROWS = 5000
@@ -165,6 +168,95 @@ def test_value_changes_invisible_to_equality_are_found(
     run(pg_url, f"UPDATE t SET v = {after} WHERE id = 2")
     result = fingerprint_and_compare(pg_url, baseline)
     assert result.evidence["changed"] == {"count": 1, "first": [2]}, result.summary
+
+
+# One column per way a field reaches its hash (its own function, a binary-coercible type's, any array's,
+# timestamptz and bool rewritten, the rest inside one record, text forms), each with a value and a change.
+TYPED = [
+    ("i2", "smallint", "1", "2"),
+    ("i8", "bigint", "9000000000", "9000000001"),
+    ("f4", "real", "0.5", "-0.5"),
+    ("f8", "double precision", "'NaN'", "'Infinity'"),
+    ("num", "numeric(10,2)", "1.50", "1.51"),
+    ("vc", "varchar(10)", "'a'", "'a '"),  # bpchar's hash would ignore the trailing space
+    ("bp", "char(3)", "'ab'", "'ac'"),
+    ("nm", "name", "'x'", "'y'"),
+    ("ch", '"char"', "'p'", "'q'"),
+    ("flag", "boolean", "true", "false"),
+    ("raw", "bytea", "'\\x00'", "'\\x0000'"),
+    ("u", "uuid", "'00000000-0000-0000-0000-000000000001'", "'00000000-0000-0000-0000-000000000002'"),
+    ("d", "date", "'2026-03-01'", "'infinity'"),
+    ("tm", "time", "'12:00'", "'12:00:00.000001'"),
+    ("ttz", "timetz", "'12:00+01'", "'12:00+02'"),
+    ("ts", "timestamp", "'2026-03-01 12:00'", "'2026-03-01 12:00:00.000001'"),
+    ("tstz", "timestamptz", "'2026-03-01 12:00+00'", "'infinity'"),
+    ("doc", "jsonb", """'{"a": 1}'""", """'{"a": [1]}'"""),
+    ("js", "json", """'{"a": 1}'""", """'{"a":1}'"""),
+    ("ip", "inet", "'10.0.0.1'", "'10.0.0.2'"),
+    ("span", "interval", "'1 day'", "'24 hours'"),
+    ("ints", "int[]", "ARRAY[1, 2]", "ARRAY[2, 1]"),
+    ("texts", "varchar(5)[]", "ARRAY['a']", "ARRAY['a ']"),
+    ("stamps", "timestamptz[]", "ARRAY[timestamptz '2026-03-01 12:00+00']", "ARRAY[timestamptz '2026-03-01 13:00+00']"),
+    ("mood", "mood", "'sad'", "'happy'"),
+    ("pos", "positive", "1", "2"),
+]
+
+
+@pytest.fixture
+def typed_url(pg_url: str) -> str:
+    run(pg_url, "CREATE TYPE mood AS ENUM ('sad', 'happy')", "CREATE DOMAIN positive AS int CHECK (VALUE > 0)",
+        f"CREATE TABLE typed (id int PRIMARY KEY, {', '.join(f'{c} {t}' for c, t, _b, _a in TYPED)})",
+        f"INSERT INTO typed SELECT i, {', '.join(b for _c, _t, b, _a in TYPED)} FROM generate_series(1, 3) AS i",
+        "INSERT INTO typed (id) VALUES (4)")  # every field NULL
+    return pg_url
+
+
+@pytest.mark.parametrize(("column", "after"), [(c, a) for c, _t, _b, a in TYPED] + [("vc", "NULL"), ("vc", "''")],
+                         ids=[f"{c}:{a}" for c, _t, _b, a in TYPED] + ["vc:NULL", "vc:empty"])
+def test_a_change_of_any_column_type_is_found(typed_url: str, column: str, after: str) -> None:
+    baseline = fingerprint_table(typed_url, "typed")
+    assert fingerprint_and_compare(typed_url, baseline).ok
+    run(typed_url, f"UPDATE typed SET {column} = {after} WHERE id IN (2, 4)")  # 4: from NULL, unless to NULL
+    result = fingerprint_and_compare(typed_url, baseline)
+    changed = [2] if after == "NULL" else [2, 4]
+    assert result.evidence["changed"] == {"count": len(changed), "first": changed}, result.summary
+
+
+@pytest.mark.parametrize(("column_type", "one", "other"), [
+    ("text", "'x'", "'y'"), ("int", "1", "2"), ("timestamptz", "'2026-03-01'", "'2026-03-02'"), ("bytea", "'a'", "'b'"),
+])
+def test_values_swapped_between_two_columns_are_a_change(pg_url: str, column_type: str, one: str, other: str) -> None:
+    run(pg_url, f"CREATE TABLE pair (id int PRIMARY KEY, a {column_type}, b {column_type})",
+        f"INSERT INTO pair VALUES (1, {one}, {other}), (2, {one}, {other})")
+    baseline = fingerprint_table(pg_url, "pair")
+    run(pg_url, "UPDATE pair SET a = b, b = a WHERE id = 2")
+    swapped = fingerprint_and_compare(pg_url, baseline)
+    assert swapped.evidence["changed"] == {"count": 1, "first": [2]}, swapped.summary
+
+
+def test_rows_read_as_text_hash_like_the_scan(typed_url: str) -> None:
+    """The live judge hashes decoded rows (text) with text_row_hashes: for every type, an unchanged row must
+    hash as the scan hashed it, and a changed one must not."""
+    run(typed_url, f"INSERT INTO typed SELECT 5, {', '.join(a for _c, _t, _b, a in TYPED)}")
+    baseline = fingerprint_table(typed_url, "typed")
+    with psycopg.connect(typed_url) as conn:
+        pin_settings(conn, baseline.timezone)
+        names = ", ".join(f"{c}::text" for c in baseline.columns)
+        rows = [dict(zip(baseline.columns, r, strict=True)) for r in conn.execute(f"SELECT {names} FROM typed ORDER BY id")]
+    hashes = text_row_hashes(typed_url, baseline, rows)
+    assert list(hashes) == list(baseline.hashes)
+    rows[1]["vc"] = "a "
+    assert list(text_row_hashes(typed_url, baseline, rows)) != list(baseline.hashes)
+
+
+def test_a_fingerprint_of_another_format_is_refused(logs_url: str, tmp_path: Path) -> None:
+    fingerprint_table(logs_url, "episodic_logs").save(tmp_path)
+    meta_path = tmp_path / "episodic_logs.json"
+    meta = json.loads(meta_path.read_text())
+    meta["format"] = 2
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="format 2, written by an older upgate.*capture the baseline again"):
+        Fingerprint.load(tmp_path, "episodic_logs")
 
 
 def test_text_primary_key_is_hashed_and_its_keys_named(pg_url: str) -> None:

@@ -234,6 +234,16 @@ def test_values_swapped_between_two_columns_are_a_change(pg_url: str, column_typ
     assert swapped.evidence["changed"] == {"count": 1, "first": [2]}, swapped.summary
 
 
+def test_a_table_of_1600_columns_is_fingerprinted(pg_url: str) -> None:
+    columns = ", ".join(f"c{i} int" for i in range(1, 1600))
+    run(pg_url, f"CREATE TABLE wide (id int PRIMARY KEY, {columns})",
+        f"INSERT INTO wide (id, {', '.join(f'c{i}' for i in range(1, 1600))}) "
+        f"SELECT i, {', '.join(f'i + {i}' for i in range(1, 1600))} FROM generate_series(1, 3) AS i")
+    baseline = fingerprint_table(pg_url, "wide")
+    run(pg_url, "UPDATE wide SET c1599 = 0 WHERE id = 3")
+    assert fingerprint_and_compare(pg_url, baseline).evidence["changed"] == {"count": 1, "first": [3]}
+
+
 def test_rows_read_as_text_hash_like_the_scan(typed_url: str) -> None:
     """The live judge hashes decoded rows (text) with text_row_hashes: for every type, an unchanged row must
     hash as the scan hashed it, and a changed one must not."""

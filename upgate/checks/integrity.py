@@ -979,16 +979,8 @@ def key_hashes(url: str, fingerprint: Fingerprint, keys: Sequence[Sequence[Any]]
     texts = [[None if k[i] is None else str(k[i]) for k in keys] for i in range(len(columns))]
     with psycopg.connect(url, autocommit=True) as conn:
         _pin_settings(conn, fingerprint.timezone)
-        inputs = []
-        for i, column in enumerate(columns):
-            typed = _type_column(conn, column, fingerprint.types[column])
-            value = sql.SQL("u.{}::{}").format(sql.Identifier(f"k{i}"), sql.SQL(typed.type))
-            inputs.append(_hash_input(value, typed))
-        names = [sql.Identifier(f"k{i}") for i in range(len(columns))]
-        query = sql.SQL("SELECT {} FROM unnest({}) WITH ORDINALITY AS u({}, n) ORDER BY n").format(
-            _tuple_hash(conn, inputs, _text_source(names), fingerprint.key_seed),
-            sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in columns), sql.SQL(", ").join(names))
-        return np.array([r[0] for r in conn.execute(query, texts).fetchall()], dtype=np.int64)
+        hashes = _text_tuple_hashes(conn, columns, fingerprint.types, fingerprint.key_seed, texts)
+    return np.array(hashes, dtype=np.int64)
 
 
 def text_row_hashes(url: str, fingerprint: Fingerprint, rows: Sequence[Mapping[str, str | None]],
@@ -1005,18 +997,27 @@ def text_row_hashes(url: str, fingerprint: Fingerprint, rows: Sequence[Mapping[s
         if conn is None:
             conn = stack.enter_context(psycopg.connect(url, autocommit=True))
         _pin_settings(conn, fingerprint.timezone)
-        inputs = []
-        for i, column in enumerate(fingerprint.columns):
-            typed = _type_column(conn, column, fingerprint.types[column])
-            value = sql.SQL("u.{}::{}").format(sql.Identifier(f"c{i}"), sql.SQL(typed.type))
-            inputs.append(_hash_input(value, typed))
-        names = [sql.Identifier(f"c{i}") for i in range(len(fingerprint.columns))]
-        query = sql.SQL("SELECT {} FROM unnest({}) WITH ORDINALITY AS u({}, n) ORDER BY n").format(
-            _tuple_hash(conn, inputs, _text_source(names), 0),
-            sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in names), sql.SQL(", ").join(names))
         columns = [[row.get(c) for row in rows] for c in fingerprint.columns]
-        values = [r[0] for r in conn.execute(query, columns).fetchall()]
+        values = _text_tuple_hashes(conn, fingerprint.columns, fingerprint.types, 0, columns)
     return np.array(values, dtype=np.int64).view(np.uint64)
+
+
+def _text_tuple_hashes(conn: psycopg.Connection[Any], columns: Sequence[str], types: Mapping[str, str], seed: int,
+                       texts: Sequence[Sequence[str | None]]) -> list[int]:
+    """`_tuple_hash` of tuples given as text, one list of texts per column, each cast to the type its column
+    was hashed as (`types`) and hashed as the scan hashes it; in the order given."""
+    names = [sql.Identifier(f"c{i}") for i in range(len(columns))]
+    inputs = []
+    for name, column in zip(names, columns, strict=True):
+        typed = _type_column(conn, column, types[column])
+        inputs.append(_hash_input(sql.SQL("u.{}::{}").format(name, sql.SQL(typed.type)), typed))
+    # What unnest(text[], ...) AS u(names) gives, one row of it: for _tuple_hash to read the input types.
+    source = sql.SQL("(SELECT {}) AS u").format(
+        sql.SQL(", ").join(sql.SQL("NULL::text AS {}").format(n) for n in names))
+    query = sql.SQL("SELECT {} FROM unnest({}) WITH ORDINALITY AS u({}, n) ORDER BY n").format(
+        _tuple_hash(conn, inputs, source, seed),
+        sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in names), sql.SQL(", ").join(names))
+    return [int(r[0]) for r in conn.execute(query, list(texts)).fetchall()]
 
 
 def _names_from_files(files: Sequence[Path | None], damage: Damage, first: int) -> dict[int, Any]:
@@ -1194,12 +1195,6 @@ def _relation_name(conn: psycopg.Connection[Any], oid: int) -> str:
     row = conn.execute("SELECT %s::regclass::text", (oid,)).fetchone()
     assert row is not None
     return str(row[0])
-
-
-def _text_source(names: Sequence[sql.Identifier]) -> sql.Composable:
-    """A one-row source `u` whose columns `names` are text: what unnest(text[], ...) AS u(names) gives."""
-    return sql.SQL("(SELECT {}) AS u").format(
-        sql.SQL(", ").join(sql.SQL("NULL::text AS {}").format(n) for n in names))
 
 
 def _tuple_hash(conn: psycopg.Connection[Any], inputs: Sequence[sql.Composable], source: sql.Composable,
